@@ -1,0 +1,107 @@
+// CPU kernels of the sagan ops: unpack tensors into the params struct and call kernels/cpu.
+// bfloat16 and float16 inputs are converted to float32 (O(B C N) copies, against O(B N^2 C) work),
+// computed and accumulated in float32 and converted back; float64 runs in float64.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "csrc/self_attn_check.h"
+#include "kernels/cpu/self_attn_cpu.h"
+
+namespace sagan {
+namespace {
+
+// The kernels need the N (last) dimension contiguous; any other strides are passed through.
+at::Tensor to_kernel_layout(const at::Tensor& t, at::ScalarType compute) {
+  at::Tensor u = t.to(compute);
+  if (u.size(2) > 1 && u.stride(2) != 1) u = u.contiguous();
+  return u;
+}
+
+kernels::ParallelFor aten_parallel_for() {
+  return [](int64_t n, const std::function<void(int64_t, int64_t)>& body) {
+    at::parallel_for(0, n, 1, body);
+  };
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd_cpu(
+    const at::Tensor& f_in, const at::Tensor& g_in, const at::Tensor& h_in,
+    const std::optional<at::Tensor>& x_in, const at::Tensor& gamma, double scale) {
+  check_self_attn_args(f_in, g_in, h_in, x_in, gamma, scale);
+  const auto dtype = f_in.scalar_type();
+  const auto compute = self_attn_accum_type(dtype);
+  const at::Tensor f = to_kernel_layout(f_in, compute), g = to_kernel_layout(g_in, compute),
+                   h = to_kernel_layout(h_in, compute);
+  at::Tensor x;
+  if (x_in.has_value()) x = to_kernel_layout(*x_in, compute);
+
+  const int64_t B = f.size(0), Cqk = f.size(1), Nq = f.size(2), Nk = g.size(2), Cv = h.size(1);
+  auto opts = f.options().dtype(compute);
+  at::Tensor y = at::empty({B, Cv, Nq}, opts), o = at::empty({B, Cv, Nq}, opts),
+             lse = at::empty({B, Nq}, opts);
+
+  kernels::SelfAttnFwdParams p;
+  p.B = B; p.Cqk = Cqk; p.Cv = Cv; p.Nq = Nq; p.Nk = Nk;
+  p.f = f.const_data_ptr(); p.f_sb = f.stride(0); p.f_sc = f.stride(1);
+  p.g = g.const_data_ptr(); p.g_sb = g.stride(0); p.g_sc = g.stride(1);
+  p.h = h.const_data_ptr(); p.h_sb = h.stride(0); p.h_sc = h.stride(1);
+  if (x.defined()) {
+    p.x = x.const_data_ptr(); p.x_sb = x.stride(0); p.x_sc = x.stride(1);
+  }
+  p.y = y.mutable_data_ptr(); p.o = o.mutable_data_ptr(); p.lse = lse.mutable_data_ptr();
+  p.gamma = gamma.item<double>();
+  p.scale = scale;
+  if (compute == at::kDouble) {
+    kernels::cpu::self_attn_fwd<double>(p, aten_parallel_for());
+  } else {
+    kernels::cpu::self_attn_fwd<float>(p, aten_parallel_for());
+  }
+  return {y.to(dtype), o.to(dtype), lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cpu(
+    const at::Tensor& grad_y_in, const at::Tensor& f_in, const at::Tensor& g_in,
+    const at::Tensor& h_in, const at::Tensor& o_in, const at::Tensor& lse_in,
+    const at::Tensor& gamma, double scale) {
+  check_self_attn_backward_args(grad_y_in, f_in, g_in, h_in, o_in, lse_in, gamma, scale);
+  const auto dtype = f_in.scalar_type();
+  const auto compute = self_attn_accum_type(dtype);
+  const at::Tensor dy = to_kernel_layout(grad_y_in, compute), f = to_kernel_layout(f_in, compute),
+                   g = to_kernel_layout(g_in, compute), h = to_kernel_layout(h_in, compute),
+                   o = to_kernel_layout(o_in, compute), lse = lse_in.contiguous();
+
+  const int64_t B = f.size(0), Cqk = f.size(1), Nq = f.size(2), Nk = g.size(2), Cv = h.size(1);
+  auto opts = f.options().dtype(compute);
+  at::Tensor df = at::empty({B, Cqk, Nq}, opts), dg = at::empty({B, Cqk, Nk}, opts),
+             dh = at::empty({B, Cv, Nk}, opts);
+  double dgamma = 0.0;
+
+  kernels::SelfAttnBwdParams p;
+  p.B = B; p.Cqk = Cqk; p.Cv = Cv; p.Nq = Nq; p.Nk = Nk;
+  p.dy = dy.const_data_ptr(); p.dy_sb = dy.stride(0); p.dy_sc = dy.stride(1);
+  p.f = f.const_data_ptr(); p.f_sb = f.stride(0); p.f_sc = f.stride(1);
+  p.g = g.const_data_ptr(); p.g_sb = g.stride(0); p.g_sc = g.stride(1);
+  p.h = h.const_data_ptr(); p.h_sb = h.stride(0); p.h_sc = h.stride(1);
+  p.o = o.const_data_ptr(); p.o_sb = o.stride(0); p.o_sc = o.stride(1);
+  p.lse = lse.const_data_ptr();
+  p.df = df.mutable_data_ptr(); p.dg = dg.mutable_data_ptr(); p.dh = dh.mutable_data_ptr();
+  p.dgamma = &dgamma;
+  p.gamma = gamma.item<double>();
+  p.scale = scale;
+  if (compute == at::kDouble) {
+    kernels::cpu::self_attn_bwd<double>(p, aten_parallel_for());
+  } else {
+    kernels::cpu::self_attn_bwd<float>(p, aten_parallel_for());
+  }
+  at::Tensor grad_gamma = at::full(gamma.sizes(), dgamma, gamma.options());
+  return {df.to(dtype), dg.to(dtype), dh.to(dtype), grad_gamma};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sagan, CPU, m) {
+  m.impl("self_attn_fwd", &self_attn_fwd_cpu);
+  m.impl("self_attn_backward", &self_attn_backward_cpu);
+}
+
+}  // namespace sagan

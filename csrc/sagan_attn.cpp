@@ -1,0 +1,57 @@
+#include "csrc/sagan_attn.h"
+
+#include "csrc/build_info.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/version.h>
+
+#include <sstream>
+
+#include "kernels/cpu/self_attn_cpu.h"
+
+#ifndef SAGAN_ATTN_VERSION
+#error "SAGAN_ATTN_VERSION must be defined by the build (from version.txt)"
+#endif
+#ifndef SAGAN_ATTN_CUDA_ARCHS
+#define SAGAN_ATTN_CUDA_ARCHS ""
+#endif
+
+namespace sagan {
+
+at::Tensor self_attn(const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
+                     const std::optional<at::Tensor>& x, const at::Tensor& gamma, double scale) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("sagan::self_attn", "")
+                       .typed<decltype(self_attn)>();
+  return op.call(f, g, h, x, gamma, scale);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd(
+    const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
+    const std::optional<at::Tensor>& x, const at::Tensor& gamma, double scale) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("sagan::self_attn_fwd", "")
+                       .typed<decltype(self_attn_fwd)>();
+  return op.call(f, g, h, x, gamma, scale);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward(
+    const at::Tensor& grad_y, const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
+    const at::Tensor& o, const at::Tensor& lse, const at::Tensor& gamma, double scale) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("sagan::self_attn_backward", "")
+                       .typed<decltype(self_attn_backward)>();
+  return op.call(grad_y, f, g, h, o, lse, gamma, scale);
+}
+
+std::string build_info() {
+  std::ostringstream s;
+  s << "version=" << SAGAN_ATTN_VERSION << "\n"
+    << "torch=" << TORCH_VERSION << "\n"
+    << "cuda=" << (SAGAN_ATTN_WITH_CUDA ? "true" : "false") << "\n"
+    << "cuda_archs=" << SAGAN_ATTN_CUDA_ARCHS << "\n"
+    << "cpu_isa=" << kernels::cpu::isa_name() << "\n";
+  return s.str();
+}
+
+}  // namespace sagan

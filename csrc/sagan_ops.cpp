@@ -1,0 +1,22 @@
+// The sagan op library: schemas only. Kernels register per backend in cpu/, cuda/, self_attn_meta.cpp;
+// autograd in autograd/.
+//
+// sagan::self_attn(f, g, h, x, gamma, scale) -> y, the SAGAN self-attention block after its 1x1 convs:
+//   f: (B, Cqk, Nq) queries  (the paper's f(x)),   g: (B, Cqk, Nk) keys (g(x)),
+//   h: (B, Cv, Nk) values    (h(x)),               x: (B, Cv, Nq) residual or None,
+//   gamma: one element,      y: (B, Cv, Nq),
+//   y[b,:,i] = gamma * sum_j softmax_j(scale * sum_c f[b,c,i] g[b,c,j]) h[b,:,j]  (+ x[b,:,i]).
+// With scale = 1 this is the bmm-based module of the SAGAN notebook (its attention map is beta^T).
+#include <torch/library.h>
+
+TORCH_LIBRARY(sagan, m) {
+  m.def("self_attn(Tensor f, Tensor g, Tensor h, Tensor? x, Tensor gamma, float scale=1.0) -> Tensor");
+  // Forward kernel: y, the attention output o before gamma, and the row log-sum-exp of the scaled
+  // logits (float32, float64 for float64 inputs): what the fused backward needs instead of the map.
+  m.def(
+      "self_attn_fwd(Tensor f, Tensor g, Tensor h, Tensor? x, Tensor gamma, float scale=1.0) "
+      "-> (Tensor y, Tensor o, Tensor lse)");
+  m.def(
+      "self_attn_backward(Tensor grad_y, Tensor f, Tensor g, Tensor h, Tensor o, Tensor lse, "
+      "Tensor gamma, float scale) -> (Tensor grad_f, Tensor grad_g, Tensor grad_h, Tensor grad_gamma)");
+}

@@ -1,0 +1,14 @@
+// The CPU kernels built for the baseline instruction set of the target (SSE2 on x86-64).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "kernels/cpu/self_attn_cpu_isa.h"
+
+namespace sagan::kernels::cpu::isa_default {
+#include "kernels/cpu/self_attn_cpu_kernel.h"
+SAGAN_INSTANTIATE_CPU_KERNELS()
+}  // namespace sagan::kernels::cpu::isa_default

@@ -1,0 +1,19 @@
+// CPU kernels of sagan::self_attn: forward and backward entry points, dispatched at run time to the
+// best instruction set this CPU has (an AVX2+FMA build on x86-64 where the CPU supports it).
+#pragma once
+
+#include "kernels/self_attn_params.h"
+
+namespace sagan::kernels::cpu {
+
+// T is the compute type: float (also for bfloat16/float16 inputs, which the glue converts) or double.
+template <typename T>
+void self_attn_fwd(const SelfAttnFwdParams& params, const ParallelFor& parallel_for);
+
+template <typename T>
+void self_attn_bwd(const SelfAttnBwdParams& params, const ParallelFor& parallel_for);
+
+// The instruction set the dispatcher picked on this machine ("avx2" or "default").
+const char* isa_name();
+
+}  // namespace sagan::kernels::cpu

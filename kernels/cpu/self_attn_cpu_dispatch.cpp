@@ -1,0 +1,42 @@
+// Picks the instruction-set build of the CPU kernels once, from what this CPU supports.
+#include "kernels/cpu/self_attn_cpu.h"
+#include "kernels/cpu/self_attn_cpu_isa.h"
+
+namespace sagan::kernels::cpu {
+namespace {
+
+bool use_avx2() {
+#if SAGAN_CPU_HAS_AVX2_BUILD
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+const char* isa_name() { return use_avx2() ? "avx2" : "default"; }
+
+template <typename T>
+void self_attn_fwd(const SelfAttnFwdParams& params, const ParallelFor& parallel_for) {
+#if SAGAN_CPU_HAS_AVX2_BUILD
+  if (use_avx2()) return isa_avx2::self_attn_fwd_impl<T>(params, parallel_for);
+#endif
+  isa_default::self_attn_fwd_impl<T>(params, parallel_for);
+}
+
+template <typename T>
+void self_attn_bwd(const SelfAttnBwdParams& params, const ParallelFor& parallel_for) {
+#if SAGAN_CPU_HAS_AVX2_BUILD
+  if (use_avx2()) return isa_avx2::self_attn_bwd_impl<T>(params, parallel_for);
+#endif
+  isa_default::self_attn_bwd_impl<T>(params, parallel_for);
+}
+
+template void self_attn_fwd<float>(const SelfAttnFwdParams&, const ParallelFor&);
+template void self_attn_fwd<double>(const SelfAttnFwdParams&, const ParallelFor&);
+template void self_attn_bwd<float>(const SelfAttnBwdParams&, const ParallelFor&);
+template void self_attn_bwd<double>(const SelfAttnBwdParams&, const ParallelFor&);
+
+}  // namespace sagan::kernels::cpu

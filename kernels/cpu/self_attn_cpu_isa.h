@@ -1,0 +1,34 @@
+// The instruction sets the CPU kernels are built for, and the one list of what each build holds.
+#pragma once
+
+#include "kernels/cpu/self_attn_cpu_traits.h"
+#include "kernels/self_attn_params.h"
+
+// An AVX2 + FMA build exists on x86-64 with GCC or Clang; elsewhere only the default build.
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define SAGAN_CPU_HAS_AVX2_BUILD 1
+#else
+#define SAGAN_CPU_HAS_AVX2_BUILD 0
+#endif
+
+// Inside namespace sagan::kernels::cpu::<isa>, after the kernel templates.
+#define SAGAN_INSTANTIATE_CPU_KERNELS()                                                        \
+  template void self_attn_fwd_impl<float>(const SelfAttnFwdParams&, const ParallelFor&);   \
+  template void self_attn_fwd_impl<double>(const SelfAttnFwdParams&, const ParallelFor&);  \
+  template void self_attn_bwd_impl<float>(const SelfAttnBwdParams&, const ParallelFor&);   \
+  template void self_attn_bwd_impl<double>(const SelfAttnBwdParams&, const ParallelFor&);
+
+namespace sagan::kernels::cpu {
+#define SAGAN_DECLARE_CPU_KERNELS(isa)                                          \
+  namespace isa {                                                               \
+  template <typename T>                                                         \
+  void self_attn_fwd_impl(const SelfAttnFwdParams&, const ParallelFor&);        \
+  template <typename T>                                                         \
+  void self_attn_bwd_impl(const SelfAttnBwdParams&, const ParallelFor&);        \
+  }
+SAGAN_DECLARE_CPU_KERNELS(isa_default)
+#if SAGAN_CPU_HAS_AVX2_BUILD
+SAGAN_DECLARE_CPU_KERNELS(isa_avx2)
+#endif
+#undef SAGAN_DECLARE_CPU_KERNELS
+}  // namespace sagan::kernels::cpu
