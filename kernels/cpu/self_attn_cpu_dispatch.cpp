@@ -1,13 +1,22 @@
 // Picks the instruction-set build of the CPU kernels once, from what this CPU supports.
 #include "kernels/cpu/self_attn_cpu.h"
+
+#include <cstdlib>
+#include <cstring>
+
 #include "kernels/cpu/self_attn_cpu_isa.h"
 
 namespace sagan::kernels::cpu {
 namespace {
 
+// SAGAN_ATTN_CPU_ISA=default forces the baseline build (tests run both builds this way).
 bool use_avx2() {
 #if SAGAN_CPU_HAS_AVX2_BUILD
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool ok = [] {
+    const char* force = std::getenv("SAGAN_ATTN_CPU_ISA");
+    if (force != nullptr && std::strcmp(force, "default") == 0) return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
   return ok;
 #else
   return false;
