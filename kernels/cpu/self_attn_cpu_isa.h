@@ -11,6 +11,11 @@
 #define SAGAN_CPU_HAS_AVX2_BUILD 0
 #endif
 
+// Register width of each build, in bytes: the includer of self_attn_cpu_kernel.h defines
+// SAGAN_CPU_VEC_BYTES to one of these.
+#define SAGAN_CPU_VEC_BYTES_DEFAULT 16
+#define SAGAN_CPU_VEC_BYTES_AVX2 32
+
 // Inside namespace sagan::kernels::cpu::<isa>, after the kernel templates.
 #define SAGAN_INSTANTIATE_CPU_KERNELS()                                                        \
   template void self_attn_fwd_impl<float>(const SelfAttnFwdParams&, const ParallelFor&);   \

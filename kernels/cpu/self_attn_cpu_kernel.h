@@ -17,26 +17,32 @@
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// One 32-byte register (GCC/Clang vector extension): an AVX2 register, two SSE registers in the
-// default build. kNR = 2 registers. Scalars broadcast in arithmetic with it. The load/store types
-// carry alignment 1 and may_alias, so any float/double pointer may be read through them.
+// One vector register of SAGAN_CPU_VEC_BYTES (GCC/Clang vector extension); the micro-kernel's
+// register block is kMR x kNR<T> = kMR x 2 registers. Scalars broadcast in arithmetic with it. The
+// load/store types carry alignment 1 and may_alias, so any float/double pointer may be read.
+constexpr int kVecBytes = SAGAN_CPU_VEC_BYTES;
 template <typename T>
 struct VecOf;
 template <>
 struct VecOf<float> {
-  typedef float type __attribute__((vector_size(32)));
-  typedef float unaligned __attribute__((vector_size(32), aligned(1), may_alias));
-  typedef int32_t bits __attribute__((vector_size(32)));
+  typedef float type __attribute__((vector_size(kVecBytes)));
+  typedef float unaligned __attribute__((vector_size(kVecBytes), aligned(1), may_alias));
+  typedef int32_t bits __attribute__((vector_size(kVecBytes)));
 };
 template <>
 struct VecOf<double> {
-  typedef double type __attribute__((vector_size(32)));
-  typedef double unaligned __attribute__((vector_size(32), aligned(1), may_alias));
+  typedef double type __attribute__((vector_size(kVecBytes)));
+  typedef double unaligned __attribute__((vector_size(kVecBytes), aligned(1), may_alias));
 };
 template <typename T>
-constexpr int kLanes = static_cast<int>(32 / sizeof(T));
-static_assert(CpuTileTraits<float>::kNR == 2 * kLanes<float>, "register block = 2 registers");
-static_assert(CpuTileTraits<double>::kNR == 2 * kLanes<double>, "register block = 2 registers");
+constexpr int kLanes = static_cast<int>(kVecBytes / sizeof(T));
+template <typename T>
+constexpr int kNR = 2 * kLanes<T>;
+static_assert(CpuTileTraits<float>::kBlockQ % kNR<float> == 0 &&
+                  CpuTileTraits<float>::kBlockK % kNR<float> == 0 &&
+                  CpuTileTraits<double>::kBlockQ % kNR<double> == 0 &&
+                  CpuTileTraits<double>::kBlockK % kNR<double> == 0,
+              "tiles must hold whole register blocks");
 
 template <typename T>
 inline typename VecOf<T>::type load_vec(const T* p) {
@@ -121,7 +127,7 @@ inline void micro_kernel(int64_t K, const T* A, int64_t a_ms, int64_t a_ks, cons
   }
 }
 
-// Sum and maximum of v[0, n) with kNR partial results combined in a fixed order, so the loops
+// Sum and maximum of v[0, n) with one register of partial results combined in a fixed order, so the loops
 // vectorise without reassociation flags and results do not depend on the build.
 template <typename T>
 inline T sum_row(const T* v, int64_t n) {
@@ -164,7 +170,7 @@ template <typename T>
 void gemm_tile(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_ms, int64_t a_ks, const T* B,
                int64_t ldb, T* C, int64_t ldc, bool accumulate) {
   constexpr int MR = CpuTileTraits<T>::kMR;
-  constexpr int NR = CpuTileTraits<T>::kNR;
+  constexpr int NR = kNR<T>;
   for (int64_t n0 = 0; n0 < N; n0 += NR) {
     int64_t m0 = 0;
     for (; m0 + MR <= M; m0 += MR)

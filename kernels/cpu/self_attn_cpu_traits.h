@@ -8,13 +8,13 @@ namespace sagan::kernels::cpu {
 template <typename T>
 struct CpuTileTraits;
 
-// kMR x kNR is the register block of the micro-kernel (6 x 16 floats = 12 AVX2 registers of
-// accumulators). kBlockQ x kBlockK is the score tile: its rows are queries, its columns keys. Both
-// blocks are multiples of kNR, so padded tile buffers always hold whole register blocks.
+// The micro-kernel's register block is kMR rows x 2 vector registers (the register width is the
+// instruction set's: 32 bytes for AVX2, 16 for the baseline build; see self_attn_cpu_isa.h), so
+// 12 accumulator registers. kBlockQ x kBlockK is the score tile: rows are queries, columns keys;
+// both are multiples of every register block width, so padded tile buffers hold whole blocks.
 template <>
 struct CpuTileTraits<float> {
   static constexpr int kMR = 6;
-  static constexpr int kNR = 16;
   static constexpr int64_t kBlockQ = 64;
   static constexpr int64_t kBlockK = 128;
 };
@@ -22,7 +22,6 @@ struct CpuTileTraits<float> {
 template <>
 struct CpuTileTraits<double> {
   static constexpr int kMR = 6;
-  static constexpr int kNR = 8;
   static constexpr int64_t kBlockQ = 64;
   static constexpr int64_t kBlockK = 128;
 };

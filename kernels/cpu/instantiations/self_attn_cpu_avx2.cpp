@@ -18,8 +18,10 @@
 #endif
 
 namespace sagan::kernels::cpu::isa_avx2 {
+#define SAGAN_CPU_VEC_BYTES SAGAN_CPU_VEC_BYTES_AVX2
 #include "kernels/cpu/self_attn_cpu_kernel.h"
 SAGAN_INSTANTIATE_CPU_KERNELS()
+#undef SAGAN_CPU_VEC_BYTES
 }  // namespace sagan::kernels::cpu::isa_avx2
 
 #if defined(__clang__)

@@ -9,6 +9,8 @@
 #include "kernels/cpu/self_attn_cpu_isa.h"
 
 namespace sagan::kernels::cpu::isa_default {
+#define SAGAN_CPU_VEC_BYTES SAGAN_CPU_VEC_BYTES_DEFAULT
 #include "kernels/cpu/self_attn_cpu_kernel.h"
 SAGAN_INSTANTIATE_CPU_KERNELS()
+#undef SAGAN_CPU_VEC_BYTES
 }  // namespace sagan::kernels::cpu::isa_default
