@@ -12,7 +12,7 @@
 TORCH_LIBRARY(sagan, m) {
   m.def("self_attn(Tensor f, Tensor g, Tensor h, Tensor? x, Tensor gamma, float scale=1.0) -> Tensor");
   // Forward kernel: y, the attention output o before gamma, and the row log-sum-exp of the scaled
-  // logits (float32, float64 for float64 inputs): what the fused backward needs instead of the map.
+  // logits (float64, for any input dtype): what the fused backward needs instead of the map.
   m.def(
       "self_attn_fwd(Tensor f, Tensor g, Tensor h, Tensor? x, Tensor gamma, float scale=1.0) "
       "-> (Tensor y, Tensor o, Tensor lse)");

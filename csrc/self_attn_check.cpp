@@ -24,10 +24,11 @@ void check_not_empty(const at::Tensor& t, const char* name) {
   }
 }
 
-void check_same_dtype_device(const at::Tensor& ref, const at::Tensor& t, const char* name) {
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "self_attn: ", name, " must have dtype ",
+void check_same_dtype_device(const at::Tensor& ref, const at::Tensor& t, const char* name,
+                             const char* op = "self_attn") {
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have dtype ",
                    ref.scalar_type(), " like f, got ", t.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), "self_attn: ", name, " must be on device ", ref.device(),
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on device ", ref.device(),
               " like f, got ", t.device());
 }
 
@@ -67,7 +68,7 @@ void check_self_attn_args(const at::Tensor& f, const at::Tensor& g, const at::Te
                       ") to match f and h, got ", x->sym_sizes());
   }
   TORCH_CHECK_VALUE(gamma.sym_numel() == 1,
-                    "self_attn: gamma must have exactly one element (shape () or (1,)), got shape ",
+                    "self_attn: gamma must have exactly one element (a scalar, shape () or (1,)), got shape ",
                     gamma.sym_sizes());
   TORCH_CHECK_VALUE(std::isfinite(scale), "self_attn: scale must be finite, got ", scale);
   check_not_empty(f, "f");
@@ -79,8 +80,8 @@ void check_self_attn_backward_args(const at::Tensor& grad_y, const at::Tensor& f
                                    const at::Tensor& g, const at::Tensor& h, const at::Tensor& o,
                                    const at::Tensor& lse, const at::Tensor& gamma, double scale) {
   check_self_attn_args(f, g, h, std::nullopt, gamma, scale);
-  check_same_dtype_device(f, grad_y, "grad_y");
-  check_same_dtype_device(f, o, "o");
+  check_same_dtype_device(f, grad_y, "grad_y", "self_attn_backward");
+  check_same_dtype_device(f, o, "o", "self_attn_backward");
   const auto B = f.sym_size(0), Nq = f.sym_size(2), Cv = h.sym_size(1);
   TORCH_CHECK_VALUE(grad_y.dim() == 3 && grad_y.sym_size(0) == B && grad_y.sym_size(1) == Cv &&
                         grad_y.sym_size(2) == Nq,
@@ -92,9 +93,8 @@ void check_self_attn_backward_args(const at::Tensor& grad_y, const at::Tensor& f
   TORCH_CHECK_VALUE(lse.dim() == 2 && lse.sym_size(0) == B && lse.sym_size(1) == Nq,
                     "self_attn_backward: lse must have shape (B, Nq) = (", B, ", ", Nq, "), got ",
                     lse.sym_sizes());
-  TORCH_CHECK_TYPE(lse.scalar_type() == self_attn_accum_type(f.scalar_type()),
-                   "self_attn_backward: lse must have dtype ",
-                   self_attn_accum_type(f.scalar_type()), ", got ", lse.scalar_type());
+  TORCH_CHECK_TYPE(lse.scalar_type() == at::kDouble,
+                   "self_attn_backward: lse must have dtype Double (float64), got ", lse.scalar_type());
   TORCH_CHECK(lse.device() == f.device(), "self_attn_backward: lse must be on device ", f.device(),
               ", got ", lse.device());
 }

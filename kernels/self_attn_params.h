@@ -26,7 +26,8 @@ struct SelfAttnFwdParams {
   const void* x = nullptr;  int64_t x_sb = 0, x_sc = 0;  // x may be null (no residual)
   void* y = nullptr;        // (B, Cv, Nq) contiguous
   void* o = nullptr;        // (B, Cv, Nq) contiguous: attention output before gamma
-  void* lse = nullptr;      // (B, Nq) contiguous, accumulation type: log-sum-exp of the scaled logits
+  double* lse = nullptr;    // (B, Nq) contiguous: log-sum-exp of the scaled logits, in float64 (see
+                            // self_attn_cpu_kernel.h: float32 would lose ulp(lse) ~ 1e-4 at lse ~ 2e3)
   double gamma = 0.0;
   double scale = 1.0;
 };
@@ -38,7 +39,7 @@ struct SelfAttnBwdParams {
   const void* g = nullptr;  int64_t g_sb = 0, g_sc = 0;
   const void* h = nullptr;  int64_t h_sb = 0, h_sc = 0;
   const void* o = nullptr;  int64_t o_sb = 0, o_sc = 0;
-  const void* lse = nullptr;  // (B, Nq) contiguous, accumulation type
+  const double* lse = nullptr;  // (B, Nq) contiguous, float64
   void* df = nullptr;       // (B, Cqk, Nq) contiguous
   void* dg = nullptr;       // (B, Cqk, Nk) contiguous
   void* dh = nullptr;       // (B, Cv, Nk) contiguous

@@ -38,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd_cpu(
   const int64_t B = f.size(0), Cqk = f.size(1), Nq = f.size(2), Nk = g.size(2), Cv = h.size(1);
   auto opts = f.options().dtype(compute);
   at::Tensor y = at::empty({B, Cv, Nq}, opts), o = at::empty({B, Cv, Nq}, opts),
-             lse = at::empty({B, Nq}, opts);
+             lse = at::empty({B, Nq}, opts.dtype(at::kDouble));
 
   kernels::SelfAttnFwdParams p;
   p.B = B; p.Cqk = Cqk; p.Cv = Cv; p.Nq = Nq; p.Nk = Nk;
@@ -48,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd_cpu(
   if (x.defined()) {
     p.x = x.const_data_ptr(); p.x_sb = x.stride(0); p.x_sc = x.stride(1);
   }
-  p.y = y.mutable_data_ptr(); p.o = o.mutable_data_ptr(); p.lse = lse.mutable_data_ptr();
+  p.y = y.mutable_data_ptr(); p.o = o.mutable_data_ptr(); p.lse = lse.mutable_data_ptr<double>();
   p.gamma = gamma.item<double>();
   p.scale = scale;
   if (compute == at::kDouble) {
@@ -83,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cp
   p.g = g.const_data_ptr(); p.g_sb = g.stride(0); p.g_sc = g.stride(1);
   p.h = h.const_data_ptr(); p.h_sb = h.stride(0); p.h_sc = h.stride(1);
   p.o = o.const_data_ptr(); p.o_sb = o.stride(0); p.o_sc = o.stride(1);
-  p.lse = lse.const_data_ptr();
+  p.lse = lse.const_data_ptr<double>();
   p.df = df.mutable_data_ptr(); p.dg = dg.mutable_data_ptr(); p.dh = dh.mutable_data_ptr();
   p.dgamma = &dgamma;
   p.gamma = gamma.item<double>();

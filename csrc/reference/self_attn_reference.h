@@ -10,7 +10,7 @@
 
 namespace sagan::reference {
 
-// (y, o, lse) as sagan::self_attn_fwd defines them, computed in the inputs' dtype.
+// (y, o, lse) as sagan::self_attn_fwd defines them, computed in the inputs' dtype (lse too).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_forward(
     const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
     const std::optional<at::Tensor>& x, const at::Tensor& gamma, double scale);

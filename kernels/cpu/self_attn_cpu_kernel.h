@@ -84,18 +84,27 @@ inline V exp_nonpositive_lanes(V x) {
 inline float exp_nonpositive(float x) { return exp_nonpositive_lanes<float, int32_t, float>(x); }
 inline double exp_nonpositive(double x) { return std::exp(x); }
 
-// v[j] = exp(scale * v[j] - shift) for j < n.
-inline void exp_row(float* v, int64_t n, float scale, float shift) {
+// v[j] = exp((v[j] - shift_hi) - shift_lo) for j < n. The shift comes in two parts so that a
+// float64 log-sum-exp (hi = its float rounding, lo = the rest) subtracts at full precision.
+inline void exp_row(float* v, int64_t n, float shift_hi, float shift_lo) {
   using Vec = VecOf<float>::type;
   constexpr int W = kLanes<float>;
   int64_t j = 0;
   for (; j + W <= n; j += W)
-    store_vec(v + j, exp_nonpositive_lanes<Vec, VecOf<float>::bits, float>(load_vec(v + j) * scale - shift));
-  for (; j < n; ++j) v[j] = exp_nonpositive(v[j] * scale - shift);
+    store_vec(v + j, exp_nonpositive_lanes<Vec, VecOf<float>::bits, float>(
+                         (load_vec(v + j) - shift_hi) - shift_lo));
+  for (; j < n; ++j) v[j] = exp_nonpositive((v[j] - shift_hi) - shift_lo);
 }
 
-inline void exp_row(double* v, int64_t n, double scale, double shift) {
-  for (int64_t j = 0; j < n; ++j) v[j] = std::exp(v[j] * scale - shift);
+inline void exp_row(double* v, int64_t n, double shift_hi, double shift_lo) {
+  for (int64_t j = 0; j < n; ++j) v[j] = std::exp((v[j] - shift_hi) - shift_lo);
+}
+
+// Scores are scaled in place, rounded to T, before anything else: the backward recomputes exactly
+// the values the forward normalised.
+template <typename T>
+inline void scale_row(T* v, int64_t n, T scale) {
+  for (int64_t j = 0; j < n; ++j) v[j] *= scale;
 }
 
 // C[m, n] (+)= sum_k A[m * a_ms + k * a_ks] * B[k * ldb + n] for an MR x kNR register block.
@@ -221,7 +230,7 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
   T* o = static_cast<T*>(p.o);
-  T* lse = static_cast<T*>(p.lse);
+  double* lse = p.lse;
 
   parallel_for(p.B * n_qtiles, [&](int64_t begin, int64_t end) {
     // Workspace of one thread: O(tile sizes x (Cqk + Cv)), independent of Nq and Nk.
@@ -247,12 +256,12 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
         // written transposed (keys x queries) for the value product below.
         for (int64_t i = 0; i < qn; ++i) {
           T* srow = s.data() + i * BK;
-          for (int64_t j = 0; j < kn; ++j) srow[j] *= scale;
+          scale_row(srow, kn, scale);
           const T mx = max_row(srow, kn, row_max[i]);
           // A row whose maximum is -inf (all scores -inf) or NaN ends as the reference has it: NaN.
           // Otherwise exp(-inf - finite) = 0 on the first tile.
           alpha[i] = exp_nonpositive(row_max[i] - mx);
-          exp_row(srow, kn, T(1), mx);
+          exp_row(srow, kn, mx, T(0));
           const T sum = sum_row(srow, kn);
           row_sum[i] = row_sum[i] * alpha[i] + sum;
           row_max[i] = mx;
@@ -268,7 +277,9 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
       }
 
       for (int64_t i = 0; i < qn; ++i) {
-        lse[b * Nq + q0 + i] = row_max[i] + std::log(row_sum[i]);
+        // float64: in float32, lse ~ 2e3 (large SAGAN logits) would carry an error of ulp ~ 1e-4
+        // into every recomputed probability of the backward.
+        lse[b * Nq + q0 + i] = static_cast<double>(row_max[i]) + std::log(static_cast<double>(row_sum[i]));
         alpha[i] = T(1) / row_sum[i];
       }
       for (int64_t c = 0; c < Cv; ++c) {
@@ -299,7 +310,7 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
   const T* g = static_cast<const T*>(p.g);
   const T* h = static_cast<const T*>(p.h);
   const T* o = static_cast<const T*>(p.o);
-  const T* lse = static_cast<const T*>(p.lse);
+  const double* lse = p.lse;
   T* df = static_cast<T*>(p.df);
   T* dg = static_cast<T*>(p.dg);
   T* dh = static_cast<T*>(p.dh);
@@ -337,7 +348,7 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
       T* dfp = df_part.data() + item * Cqk * nq_pad;
       const T* fb = f + b * p.f_sb;
       const T* dyb = dy + b * p.dy_sb;
-      const T* lseb = lse + b * Nq;
+      const double* lseb = lse + b * Nq;
       const T* Db = D.data() + b * Nq;
       const int64_t kt_end = std::min(n_ktiles, (group + 1) * tiles_per_group);
       for (int64_t kt = group * tiles_per_group; kt < kt_end; ++kt) {
@@ -358,9 +369,12 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
           for (int64_t i = 0; i < qn; ++i) {
             T* srow = s.data() + i * BK;
             T* dprow = dp.data() + i * BK;
-            const T l = lseb[q0 + i];
+            const double l = lseb[q0 + i];
+            const T l_hi = static_cast<T>(l);
+            const T l_lo = static_cast<T>(l - static_cast<double>(l_hi));
             const T d = Db[q0 + i];
-            exp_row(srow, kn, scale, l);
+            scale_row(srow, kn, scale);
+            exp_row(srow, kn, l_hi, l_lo);
             for (int64_t j = 0; j < kn; ++j) dprow[j] = srow[j] * (dprow[j] - d);  // ds / gamma
             for (int64_t j = kn; j < BK; ++j) srow[j] = dprow[j] = T(0);
             for (int64_t j = 0; j < kn; ++j) dst[j * BQ + i] = dprow[j];

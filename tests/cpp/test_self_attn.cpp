@@ -160,7 +160,7 @@ TEST(SelfAttn, MetaKernelsGiveShapesAndDtypes) {
   EXPECT_EQ(y.sizes(), torch::IntArrayRef({2, 64, 100}));
   EXPECT_EQ(o.sizes(), torch::IntArrayRef({2, 64, 100}));
   EXPECT_EQ(lse.sizes(), torch::IntArrayRef({2, 100}));
-  EXPECT_EQ(lse.scalar_type(), torch::kFloat);
+  EXPECT_EQ(lse.scalar_type(), torch::kDouble);
   EXPECT_EQ(y.device().type(), torch::kMeta);
   auto [df, dg, dh, dgamma] = sagan::self_attn_backward(y, f, g, h, o, lse, gamma, 1.0);
   EXPECT_EQ(df.sizes(), f.sizes());

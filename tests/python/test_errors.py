@@ -1,0 +1,225 @@
+"""Bad inputs of torch.ops.sagan.self_attn (and of the internal self_attn_backward) raise a clear
+error of the right Python type whose message names the offending argument:
+ValueError for shapes / ranks / empty tensors / gamma's element count / scale, TypeError for dtypes,
+RuntimeError for devices."""
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+import sagan_attn
+
+from conftest import OP
+
+B, CQK, CV, NQ, NK = 2, 4, 5, 10, 12
+
+
+def t(*shape, dtype=torch.float32, device="cpu"):
+    if dtype.is_floating_point or dtype.is_complex:
+        return torch.randn(*shape, dtype=torch.float64).to(dtype).to(device)
+    return torch.ones(*shape, dtype=dtype, device=device)
+
+
+def good(**override):
+    """Valid (f, g, h, x, gamma, scale), with some replaced."""
+    args = dict(
+        f=t(B, CQK, NQ), g=t(B, CQK, NK), h=t(B, CV, NK), x=t(B, CV, NQ), gamma=t(()), scale=1.0
+    )
+    args.update(override)
+    return args
+
+
+def call(args):
+    return OP(args["f"], args["g"], args["h"], args["x"], args["gamma"], args["scale"])
+
+
+def test_valid_baseline_runs():
+    # The error cases below differ from this one call in a single argument.
+    assert call(good()).shape == (B, CV, NQ)
+    assert call(good(x=None, gamma=t(1))).shape == (B, CV, NQ)
+
+
+# (id, override, error type, regex the message must match). Every regex starts with the argument name.
+ERROR_CASES = [
+    # ranks
+    ("f_rank2", dict(f=t(CQK, NQ)), ValueError, r"self_attn: f must be 3-D \(B, Cqk, Nq\), got 2-D"),
+    ("f_rank4", dict(f=t(B, CQK, NQ, 1)), ValueError, r"self_attn: f must be 3-D .*got 4-D"),
+    ("g_rank2", dict(g=t(CQK, NK)), ValueError, r"self_attn: g must be 3-D \(B, Cqk, Nk\), got 2-D"),
+    ("g_rank1", dict(g=t(NK)), ValueError, r"self_attn: g must be 3-D .*got 1-D"),
+    ("h_rank2", dict(h=t(CV, NK)), ValueError, r"self_attn: h must be 3-D \(B, Cv, Nk\), got 2-D"),
+    ("h_rank4", dict(h=t(1, B, CV, NK)), ValueError, r"self_attn: h must be 3-D .*got 4-D"),
+    ("x_rank2", dict(x=t(CV, NQ)), ValueError, r"self_attn: x must be 3-D \(B, Cv, Nq\), got 2-D"),
+    ("x_rank4", dict(x=t(B, CV, NQ, 1)), ValueError, r"self_attn: x must be 3-D .*got 4-D"),
+    # mismatched sizes between tensors
+    ("g_batch", dict(g=t(B + 1, CQK, NK)), ValueError,
+     r"self_attn: g must have shape \(B, Cqk, Nk\) = \(2, 4, \*\) to match f, got \[3, 4, 12\]"),
+    ("g_cqk", dict(g=t(B, CQK + 1, NK)), ValueError,
+     r"self_attn: g must have shape \(B, Cqk, Nk\) = \(2, 4, \*\) to match f, got \[2, 5, 12\]"),
+    ("h_batch", dict(h=t(B + 1, CV, NK)), ValueError,
+     r"self_attn: h must have shape \(B, Cv, Nk\) = \(2, \*, 12\) to match f and g, got \[3, 5, 12\]"),
+    ("h_nk", dict(h=t(B, CV, NK + 1)), ValueError,
+     r"self_attn: h must have shape \(B, Cv, Nk\) = \(2, \*, 12\) to match f and g, got \[2, 5, 13\]"),
+    ("x_batch", dict(x=t(B + 1, CV, NQ)), ValueError,
+     r"self_attn: x must have shape \(B, Cv, Nq\) = \(2, 5, 10\) to match f and h, got \[3, 5, 10\]"),
+    ("x_cv", dict(x=t(B, CV + 1, NQ)), ValueError,
+     r"self_attn: x must have shape \(B, Cv, Nq\) = \(2, 5, 10\) to match f and h, got \[2, 6, 10\]"),
+    ("x_nq", dict(x=t(B, CV, NQ + 1)), ValueError,
+     r"self_attn: x must have shape \(B, Cv, Nq\) = \(2, 5, 10\) to match f and h, got \[2, 5, 11\]"),
+    ("x_nk_instead_of_nq", dict(x=t(B, CV, NK)), ValueError, r"self_attn: x must have shape"),
+    # dtypes
+    ("g_double", dict(g=t(B, CQK, NK, dtype=torch.float64)), TypeError,
+     r"self_attn: g must have dtype Float like f, got Double"),
+    ("h_bf16", dict(h=t(B, CV, NK, dtype=torch.bfloat16)), TypeError,
+     r"self_attn: h must have dtype Float like f, got BFloat16"),
+    ("x_half", dict(x=t(B, CV, NQ, dtype=torch.float16)), TypeError,
+     r"self_attn: x must have dtype Float like f, got Half"),
+    ("gamma_double", dict(gamma=t((), dtype=torch.float64)), TypeError,
+     r"self_attn: gamma must have dtype Float like f, got Double"),
+    ("h_int64", dict(h=t(B, CV, NK, dtype=torch.int64)), TypeError,
+     r"self_attn: h must have dtype Float like f, got Long"),
+    ("g_bool", dict(g=t(B, CQK, NK, dtype=torch.bool)), TypeError,
+     r"self_attn: g must have dtype Float like f, got Bool"),
+    ("gamma_int64", dict(gamma=torch.tensor(1)), TypeError,
+     r"self_attn: gamma must have dtype Float like f, got Long"),
+    # gamma's element count
+    ("gamma_2_elements", dict(gamma=t(2)), ValueError,
+     r"self_attn: gamma must have exactly one element \(a scalar, shape \(\) or \(1,\)\), got shape \[2\]"),
+    ("gamma_0_elements", dict(gamma=t(0)), ValueError,
+     r"self_attn: gamma must have exactly one element .*got shape \[0\]"),
+    ("gamma_1x2", dict(gamma=t(1, 2)), ValueError, r"self_attn: gamma must have exactly one element"),
+    # empty tensors
+    ("B0", dict(f=t(0, CQK, NQ), g=t(0, CQK, NK), h=t(0, CV, NK), x=t(0, CV, NQ)), ValueError,
+     r"self_attn: f is empty \(shape \[0, 4, 10\]\)"),
+    ("Nq0", dict(f=t(B, CQK, 0), x=t(B, CV, 0)), ValueError, r"self_attn: f is empty \(shape \[2, 4, 0\]\)"),
+    ("Nk0", dict(g=t(B, CQK, 0), h=t(B, CV, 0)), ValueError, r"self_attn: g is empty \(shape \[2, 4, 0\]\)"),
+    ("Cqk0", dict(f=t(B, 0, NQ), g=t(B, 0, NK)), ValueError, r"self_attn: f is empty \(shape \[2, 0, 10\]\)"),
+    ("Cv0", dict(h=t(B, 0, NK), x=t(B, 0, NQ)), ValueError, r"self_attn: h is empty \(shape \[2, 0, 12\]\)"),
+    ("Cv0_nox", dict(h=t(B, 0, NK), x=None), ValueError, r"self_attn: h is empty"),
+    # scale
+    ("scale_nan", dict(scale=math.nan), ValueError, r"self_attn: scale must be finite, got nan"),
+    ("scale_inf", dict(scale=math.inf), ValueError, r"self_attn: scale must be finite, got inf"),
+    ("scale_neginf", dict(scale=-math.inf), ValueError, r"self_attn: scale must be finite, got -inf"),
+]
+
+
+@pytest.mark.parametrize("override,exc,pattern", [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
+def test_bad_input_raises_naming_the_argument(override, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call(good(**override))
+
+
+@pytest.mark.parametrize("override,exc,pattern", [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
+def test_bad_input_raises_with_requires_grad(override, exc, pattern):
+    """The same errors through the autograd path (inputs requiring grad), not a crash or a later failure
+    in backward."""
+    args = {k: (v.requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+            for k, v in good(**override).items()}
+    with pytest.raises(exc, match=pattern):
+        call(args)
+
+
+@pytest.mark.parametrize(
+    "dtype,name",
+    [(torch.int64, "Long"), (torch.int32, "Int"), (torch.bool, "Bool"), (torch.complex64, "ComplexFloat")],
+    ids=["int64", "int32", "bool", "complex64"],
+)
+def test_non_float_dtype_of_f(dtype, name):
+    """All tensors share one non-float dtype: the error is about f's dtype, listing what is supported."""
+    args = good(
+        f=t(B, CQK, NQ, dtype=dtype), g=t(B, CQK, NK, dtype=dtype), h=t(B, CV, NK, dtype=dtype),
+        x=t(B, CV, NQ, dtype=dtype), gamma=t((), dtype=dtype),
+    )
+    pattern = (r"self_attn: f must have a floating dtype \(float32, float64, bfloat16 or float16\), got "
+               + re.escape(name))
+    with pytest.raises(TypeError, match=pattern):
+        call(args)
+
+
+@pytest.mark.parametrize("which", ["g", "h", "x", "gamma"])
+def test_device_mismatch(which):
+    """Only the CPU is available here, so the mismatching device is 'meta' (shape-only tensors)."""
+    args = good()
+    args[which] = args[which].to("meta")
+    with pytest.raises(RuntimeError, match=rf"self_attn: {which} must be on device cpu like f, got meta"):
+        call(args)
+
+
+def test_device_mismatch_f_on_meta():
+    args = good()
+    args["f"] = args["f"].to("meta")
+    with pytest.raises(RuntimeError, match=r"self_attn: g must be on device meta like f, got cpu"):
+        call(args)
+
+
+def test_functional_wrapper_reports_the_same_errors():
+    with pytest.raises(ValueError, match=r"self_attn: h must have shape"):
+        sagan_attn.self_attn(t(B, CQK, NQ), t(B, CQK, NK), t(B, CV, NK + 1))
+    with pytest.raises(TypeError, match=r"self_attn: g must have dtype Float like f, got Double"):
+        sagan_attn.self_attn(t(B, CQK, NQ), t(B, CQK, NK, dtype=torch.float64), t(B, CV, NK), gamma=0.5)
+    with pytest.raises(ValueError, match=r"self_attn: scale must be finite"):
+        sagan_attn.self_attn(t(B, CQK, NQ), t(B, CQK, NK), t(B, CV, NK), scale=float("nan"))
+
+
+def test_internal_fwd_op_checks_too():
+    with pytest.raises(ValueError, match=r"self_attn: x must have shape"):
+        torch.ops.sagan.self_attn_fwd(t(B, CQK, NQ), t(B, CQK, NK), t(B, CV, NK), t(B, CV + 1, NQ), t(()), 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# The internal fused backward op: its extra arguments grad_y, o and lse are checked as well.
+
+
+def backward_args(dtype=torch.float32, **override):
+    f, g, h, gamma = t(B, CQK, NQ, dtype=dtype), t(B, CQK, NK, dtype=dtype), t(B, CV, NK, dtype=dtype), t((), dtype=dtype)
+    _, o, lse = torch.ops.sagan.self_attn_fwd(f, g, h, None, gamma, 1.0)
+    args = dict(grad_y=t(B, CV, NQ, dtype=dtype), f=f, g=g, h=h, o=o, lse=lse, gamma=gamma, scale=1.0)
+    args.update(override)
+    return args
+
+
+def call_backward(a):
+    return torch.ops.sagan.self_attn_backward(a["grad_y"], a["f"], a["g"], a["h"], a["o"], a["lse"], a["gamma"], a["scale"])
+
+
+def test_internal_backward_valid_baseline():
+    grads = call_backward(backward_args())
+    assert [tuple(gr.shape) for gr in grads] == [(B, CQK, NQ), (B, CQK, NK), (B, CV, NK), ()]
+
+
+BACKWARD_ERROR_CASES = [
+    ("grad_y_nq", dict(grad_y=t(B, CV, NQ + 1)), ValueError,
+     r"self_attn_backward: grad_y must have shape \(B, Cv, Nq\) = \(2, 5, 10\), got \[2, 5, 11\]"),
+    ("grad_y_cv", dict(grad_y=t(B, CV - 1, NQ)), ValueError,
+     r"self_attn_backward: grad_y must have shape \(B, Cv, Nq\) = \(2, 5, 10\), got \[2, 4, 10\]"),
+    ("grad_y_rank2", dict(grad_y=t(CV, NQ)), ValueError, r"self_attn_backward: grad_y must have shape .*got \[5, 10\]"),
+    ("grad_y_double", dict(grad_y=t(B, CV, NQ, dtype=torch.float64)), TypeError,
+     r"self_attn_backward: grad_y must have dtype Float like f, got Double"),
+    ("o_shape", dict(o=t(B, CV, NQ - 1)), ValueError, r"self_attn_backward: o must have shape \(B, Cv, Nq\)"),
+    ("lse_nq", dict(lse=t(B, NQ + 1)), ValueError,
+     r"self_attn_backward: lse must have shape \(B, Nq\) = \(2, 10\), got \[2, 11\]"),
+    ("lse_batch", dict(lse=t(B + 1, NQ)), ValueError, r"self_attn_backward: lse must have shape \(B, Nq\)"),
+    ("lse_rank3", dict(lse=t(B, NQ, 1)), ValueError, r"self_attn_backward: lse must have shape \(B, Nq\) .*got \[2, 10, 1\]"),
+    ("lse_float", dict(lse=t(B, NQ, dtype=torch.float32)), TypeError,
+     r"self_attn_backward: lse must have dtype Double \(float64\), got Float"),
+    ("scale_nan", dict(scale=math.nan), ValueError, r"self_attn: scale must be finite"),
+]
+
+
+@pytest.mark.parametrize(
+    "override,exc,pattern", [c[1:] for c in BACKWARD_ERROR_CASES], ids=[c[0] for c in BACKWARD_ERROR_CASES]
+)
+def test_internal_backward_bad_input(override, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call_backward(backward_args(**override))
+
+
+def test_internal_backward_lse_must_be_float64_for_bf16():
+    args = backward_args(dtype=torch.bfloat16)
+    assert args["lse"].dtype == torch.float64
+    call_backward(args)  # valid
+    args["lse"] = args["lse"].to(torch.bfloat16)
+    with pytest.raises(TypeError, match=r"self_attn_backward: lse must have dtype Double \(float64\), got BFloat16"):
+        call_backward(args)
