@@ -12,6 +12,7 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import _C  # noqa: F401  (loading it registers the sagan ops)
 from ._ops import self_attn
 from . import reference
+from .modules import SelfAttention2d
 
 __version__ = _C.__version__
 
@@ -21,4 +22,4 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["self_attn", "reference", "build_info", "__version__"]
+__all__ = ["self_attn", "reference", "build_info", "__version__", "SelfAttention2d"]
