@@ -362,6 +362,7 @@ class Config:
     budget_s: float
     quick: bool = False
     notes: List[str] = field(default_factory=list)
+    json_path: Optional[str] = None
 
 
 @dataclass
@@ -416,6 +417,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="B (default: 2 on CPU, 8 on CUDA)")
     p.add_argument("--channels", type=int, default=None, help="C (default: 64 on CPU, 256 on CUDA); Cqk = C // 8")
     p.add_argument("--quick", action="store_true", help="small sizes and few repetitions (a smoke test)")
+    p.add_argument("--json", dest="json_path", default=None, metavar="PATH",
+                   help="also write every figure, with device, torch version and git commit, as JSON")
     p.add_argument(_MEMORY_WORKER_FLAG, dest="memory_worker", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -460,6 +463,7 @@ def _config(args: argparse.Namespace) -> Config:
         budget_s=0.1 if args.quick else (1.0 if gpu else 0.5),
         quick=args.quick,
         notes=notes,
+        json_path=args.json_path,
     )
 
 
@@ -604,9 +608,66 @@ def run(cfg: Config) -> int:
     print()
 
     ok = all(a.ok for a in accs)
+    if cfg.json_path:
+        _write_record(cfg.json_path, cfg, accs, rows)
+        print(f"record: {cfg.json_path}")
     print(_verdict(ok, accs, rows))
     print(f"(total {time.perf_counter() - t_start:.1f} s)")
     return 0 if ok else 1
+
+
+def _git_commit() -> str:
+    """The commit of the checkout this package runs from, with '+dirty' for uncommitted changes."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+def _write_record(path: str, cfg: Config, accs: Sequence[Accuracy], rows: Sequence[Row]) -> None:
+    """Every figure of the run, with what it ran on, for bench/results/."""
+    def key(k: Tuple[str, str]) -> str:
+        return f"{k[0]}/{k[1]}"
+
+    record = {
+        "device": cfg.device,
+        "device_name": _device_name(cfg.device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "build": sagan_attn.build_info(),
+        "commit": _git_commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": {"batch": cfg.batch, "channels": cfg.channels, "dtypes": cfg.dtypes,
+                   "sizes": [list(sz) for sz in cfg.sizes]},
+        "units": {"ms": "median wall ms", "mem": "peak bytes (see README of bench/)"},
+        "accuracy": [dict(a.__dict__) for a in accs],
+        "rows": [{"size": list(r.size), "N": r.size[0] * r.size[1], "dtype": r.dtype,
+                  "ms": {key(k): v for k, v in r.ms.items()}, "mem": {key(k): v for k, v in r.mem.items()},
+                  "max_abs_y_fused_minus_notebook": r.diff_y} for r in rows],
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as out:
+        json.dump(record, out, indent=1, default=str)
+        out.write("\n")
 
 
 def _verdict(ok: bool, accs: Sequence[Accuracy], rows: Sequence[Row]) -> str:
