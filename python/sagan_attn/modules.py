@@ -5,7 +5,7 @@ specification in ``../shared/spec/notebook_self_attn.py``): same constructor arg
 names, its ``state_dict`` loads with ``strict=True`` and gives the same y, but the (N x N) attention map
 is never materialised unless asked for.
 
-Names follow the paper (Zhang et al., "Self-Attention Generative Adversarial Networks", 2019), as the
+Names follow the paper (Zhang et al., "Self-Attention Generative Adversarial Networks", 2018), as the
 notebook uses them: ``f(x)`` are the queries, ``g(x)`` the keys, ``h(x)`` the values (1x1 convolutions),
 ``beta`` the attention map ``beta[i, j] = softmax_j(f(x_i)^T g(x_j))`` (one row per query position i, a
 distribution over the key positions j), ``gamma`` the learnable scale of the attention branch,
@@ -161,12 +161,13 @@ class SelfAttention2d(nn.Module):
         """f(x) flattened: (B, Cqk, N)."""
         return self.f(x).flatten(2)
 
+    def _key_value_positions(self, t: torch.Tensor) -> torch.Tensor:
+        """A key or value map, 2x2 max-pooled with pool_kv, flattened: (B, C', Nk)."""
+        return (F.max_pool2d(t, 2) if self.pool_kv else t).flatten(2)
+
     def _keys_values(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """g(x), h(x), 2x2 max-pooled with pool_kv, flattened: (B, Cqk, Nk), (B, Cv, Nk)."""
-        gx, hx = self.g(x), self.h(x)
-        if self.pool_kv:
-            gx, hx = F.max_pool2d(gx, 2), F.max_pool2d(hx, 2)
-        return gx.flatten(2), hx.flatten(2)
+        """g(x) and h(x) at the key positions: (B, Cqk, Nk), (B, Cv, Nk)."""
+        return self._key_value_positions(self.g(x)), self._key_value_positions(self.h(x))
 
     def _key_grid(self, height: int, width: int) -> Tuple[int, int]:
         return (height // 2, width // 2) if self.pool_kv else (height, width)
@@ -275,8 +276,6 @@ class SelfAttention2d(nn.Module):
         height, width = x.shape[2], x.shape[3]
         idx = self._flat_positions(query_positions, height, width).to(x.device)
         fq = self._queries(x).index_select(2, idx)  # (B, Cqk, Q)
-        gx = self.g(x)
-        if self.pool_kv:
-            gx = F.max_pool2d(gx, 2)
-        rows = reference.attention_map(fq, gx.flatten(2), self.scale)  # (B, Q, Nk)
+        gx = self._key_value_positions(self.g(x))  # (B, Cqk, Nk)
+        rows = reference.attention_map(fq, gx, self.scale)  # (B, Q, Nk)
         return rows.view(x.shape[0], idx.numel(), *self._key_grid(height, width))
