@@ -5,7 +5,8 @@
 //   s_ij = scale * sum_c f[c,i] g[c,j]              online softmax over key tiles (FlashAttention):
 //   m_i = max_j s_ij,  l_i = sum_j exp(s_ij - m_i)
 //   o[:,i] = (1 / l_i) sum_j exp(s_ij - m_i) h[:,j],  lse_i = m_i + log l_i,  y = gamma o + x
-// Backward, recomputing p_ij = exp(s_ij - lse_i) from the saved log-sum-exp:
+// Backward, recomputing p_ij = exp(s_ij - lse_i) from the saved log-sum-exp (kept in float64 and
+// subtracted as float hi + lo, so p is as exact as the forward's for any size of logits):
 //   D_i = sum_c dy[c,i] o[c,i],  dgamma = sum_i D_i
 //   dh[:,j] = gamma sum_i dy[:,i] p_ij,  dp_ij = sum_c dy[c,i] h[c,j],  ds_ij = p_ij (dp_ij - D_i)
 //   df[:,i] = gamma scale sum_j ds_ij g[:,j],  dg[:,j] = gamma scale sum_i ds_ij f[:,i]
@@ -199,8 +200,9 @@ void gemm_tile(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_ms, int64_
   }
 }
 
-// Points *tile at rows [0, rows) x cols [col0, col0 + width) of a row-major matrix with leading
-// dimension ld, or, for a ragged last tile (width < padded), at a zero-padded copy in pad.
+// A rows x padded tile starting at src (row-major, leading dimension ld) whose first `width` columns
+// are real: src itself when the tile is whole (width == padded), else a copy in pad with the
+// missing columns zeroed. *ld_out receives the returned tile's leading dimension.
 template <typename T>
 const T* padded_tile(const T* src, int64_t rows, int64_t ld, int64_t width, int64_t padded, T* pad,
                      int64_t* ld_out) {
