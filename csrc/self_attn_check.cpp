@@ -93,8 +93,8 @@ void check_self_attn_backward_args(const at::Tensor& grad_y, const at::Tensor& f
   TORCH_CHECK_VALUE(lse.dim() == 2 && lse.sym_size(0) == B && lse.sym_size(1) == Nq,
                     "self_attn_backward: lse must have shape (B, Nq) = (", B, ", ", Nq, "), got ",
                     lse.sym_sizes());
-  TORCH_CHECK_TYPE(lse.scalar_type() == at::kDouble,
-                   "self_attn_backward: lse must have dtype Double (float64), got ", lse.scalar_type());
+  TORCH_CHECK_TYPE(lse.scalar_type() == kSelfAttnLseDtype, "self_attn_backward: lse must have dtype ",
+                   kSelfAttnLseDtype, " (float64), got ", lse.scalar_type());
   TORCH_CHECK(lse.device() == f.device(), "self_attn_backward: lse must be on device ", f.device(),
               ", got ", lse.device());
 }

@@ -17,8 +17,10 @@ void check_self_attn_backward_args(const at::Tensor& grad_y, const at::Tensor& f
                                    const at::Tensor& g, const at::Tensor& h, const at::Tensor& o,
                                    const at::Tensor& lse, const at::Tensor& gamma, double scale);
 
-// The dtype kernels accumulate in: float64 for float64 inputs, float32 otherwise. (lse is always
-// float64: see kernels/self_attn_params.h.)
+// The dtype kernels accumulate in: float64 for float64 inputs, float32 otherwise.
 at::ScalarType self_attn_accum_type(at::ScalarType dtype);
+
+// The dtype of the saved row log-sum-exp, for every input dtype (why: kernels/self_attn_params.h).
+constexpr at::ScalarType kSelfAttnLseDtype = at::kDouble;
 
 }  // namespace sagan

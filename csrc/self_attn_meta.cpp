@@ -15,7 +15,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd_meta(
   const auto B = f.sym_size(0), Nq = f.sym_size(2), Cv = h.sym_size(1);
   auto y = at::empty_symint({B, Cv, Nq}, f.options());
   auto o = at::empty_symint({B, Cv, Nq}, f.options());
-  auto lse = at::empty_symint({B, Nq}, f.options().dtype(at::kDouble));
+  auto lse = at::empty_symint({B, Nq}, f.options().dtype(kSelfAttnLseDtype));
   return {y, o, lse};
 }
 

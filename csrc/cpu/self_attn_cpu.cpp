@@ -38,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd_cpu(
   const int64_t B = f.size(0), Cqk = f.size(1), Nq = f.size(2), Nk = g.size(2), Cv = h.size(1);
   auto opts = f.options().dtype(compute);
   at::Tensor y = at::empty({B, Cv, Nq}, opts), o = at::empty({B, Cv, Nq}, opts),
-             lse = at::empty({B, Nq}, opts.dtype(at::kDouble));
+             lse = at::empty({B, Nq}, opts.dtype(kSelfAttnLseDtype));
 
   kernels::SelfAttnFwdParams p;
   p.B = B; p.Cqk = Cqk; p.Cv = Cv; p.Nq = Nq; p.Nk = Nk;

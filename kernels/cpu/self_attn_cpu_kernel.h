@@ -137,8 +137,8 @@ inline void micro_kernel(int64_t K, const T* A, int64_t a_ms, int64_t a_ks, cons
   }
 }
 
-// Sum and maximum of v[0, n) with one register of partial results combined in a fixed order, so the loops
-// vectorise without reassociation flags and results do not depend on the build.
+// Sum and maximum of v[0, n) with one register of partial results combined in a fixed order, so
+// the loops vectorise without reassociation flags and results do not depend on the build.
 template <typename T>
 inline T sum_row(const T* v, int64_t n) {
   using Vec = typename VecOf<T>::type;

@@ -1,8 +1,8 @@
 """sagan-attn: fused, memory-frugal self-attention for GANs (SAGAN), as the torch op
 ``torch.ops.sagan.self_attn``.
 
-``import sagan_attn`` loads the compiled library, which registers the op, its CPU kernels and its
-autograd; this package adds the fake (meta) kernels for torch.compile, the functional API, the
+``import sagan_attn`` loads the compiled library, which registers the op, its CPU and meta (fake,
+for torch.compile) kernels and its autograd, all in C++; this package adds the functional API, the
 plain-PyTorch reference and the ``SelfAttention2d`` module.
 """
 from __future__ import annotations
