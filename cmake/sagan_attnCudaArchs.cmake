@@ -1,7 +1,11 @@
-# Sets CMAKE_CUDA_COMPILER (if unset) and CMAKE_CUDA_ARCHITECTURES for the sagan-attn CUDA kernels.
-#   TORCH_CUDA_ARCH_LIST (environment, torch's convention): "8.0;9.0", "8.0 9.0", "9.0a", "9.0+PTX"
-#     -> 80-real;90-real, 90a-real, 90 (SASS and PTX).
-#   Otherwise: the GPU of this machine (nvidia-smi), else sm_90, which CI compiles for.
+# Sets CMAKE_CUDA_COMPILER (if unset), CUDA_TOOLKIT_ROOT_DIR (torch's CMake config still finds CUDA
+# through it), the arch list, and libnvrtc, for the sagan-attn CUDA kernels. Include before
+# find_package(Torch).
+#   Arch list: TORCH_CUDA_ARCH_LIST (environment, torch's convention: "8.0;9.0", "8.0 9.0", "9.0a",
+#   "9.0+PTX"), else the GPU of this machine (nvidia-smi), else 9.0, which CI compiles for. torch's
+#   CMake config compiles for TORCH_CUDA_ARCH_LIST whatever CMAKE_CUDA_ARCHITECTURES says (it resets it),
+#   so this sets the environment variable when it is unset; CMAKE_CUDA_ARCHITECTURES gets the same list
+#   (80-real;90-real, 90a-real, 90) for enable_language(CUDA).
 if(NOT CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX})
   foreach(_nvcc "$ENV{CUDA_HOME}/bin/nvcc" "/usr/local/cuda/bin/nvcc")
     if(EXISTS "${_nvcc}")
@@ -9,6 +13,19 @@ if(NOT CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX})
       break()
     endif()
   endforeach()
+endif()
+
+if(NOT CUDA_TOOLKIT_ROOT_DIR)
+  set(_nvcc "${CMAKE_CUDA_COMPILER}")
+  if(NOT _nvcc)
+    set(_nvcc "$ENV{CUDACXX}")
+  endif()
+  if(_nvcc)
+    file(REAL_PATH "${_nvcc}" _nvcc)
+    get_filename_component(_bin "${_nvcc}" DIRECTORY)
+    get_filename_component(_root "${_bin}" DIRECTORY)
+    set(CUDA_TOOLKIT_ROOT_DIR "${_root}" CACHE PATH "CUDA toolkit (the nvcc's)")
+  endif()
 endif()
 
 if(NOT CMAKE_CUDA_ARCHITECTURES)
@@ -50,4 +67,26 @@ if(NOT CMAKE_CUDA_ARCHITECTURES)
   endforeach()
   list(REMOVE_DUPLICATES _archs)
   set(CMAKE_CUDA_ARCHITECTURES "${_archs}")
+  # torch's CMake config computes its own gencode list from TORCH_CUDA_ARCH_LIST (all common archs
+  # when unset); keep it to ours.
+  if("$ENV{TORCH_CUDA_ARCH_LIST}" STREQUAL "")
+    string(REPLACE ";" " " _torch_list "${_list}")
+    set(ENV{TORCH_CUDA_ARCH_LIST} "${_torch_list}")
+  endif()
+endif()
+
+# torch's CMake config links libnvrtc; a toolkit made of pip wheels (nvcc and cudart only) has none, but
+# the torch wheel depends on nvidia's nvrtc wheel: use that one.
+if(NOT CUDA_nvrtc_LIBRARY)
+  find_library(CUDA_nvrtc_LIBRARY nvrtc HINTS "${CUDA_TOOLKIT_ROOT_DIR}" PATH_SUFFIXES lib64 lib
+               NO_DEFAULT_PATH)
+endif()
+if(NOT CUDA_nvrtc_LIBRARY)
+  execute_process(
+    COMMAND "${Python_EXECUTABLE}" -c
+      "import glob, os, torch; d = os.path.dirname(os.path.dirname(torch.__file__)); print(next(iter(sorted(glob.glob(os.path.join(d, 'nvidia', '*', 'lib', 'libnvrtc.so.*')) + sorted(glob.glob(os.path.join(d, 'nvidia', 'cuda_nvrtc', 'lib', 'libnvrtc.so.*'))))), ''))"
+    OUTPUT_VARIABLE _nvrtc OUTPUT_STRIP_TRAILING_WHITESPACE)
+  if(_nvrtc)
+    set(CUDA_nvrtc_LIBRARY "${_nvrtc}" CACHE FILEPATH "libnvrtc (from the nvidia wheels beside torch)" FORCE)
+  endif()
 endif()
