@@ -38,6 +38,12 @@ TOL64 = dict(atol=1e-10, rtol=1e-10)
 VARIANTS = ("paper", "official")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(restore_threads):
+    """Tiny models: one thread is as fast, and immune to the spinning of OpenMP threads on a busy machine."""
+    torch.set_num_threads(1)
+
+
 def _set_gamma(model: nn.Module, value: float) -> None:
     """Non-zero attention gammas: at their init value 0 the attention branch does not reach the output."""
     with torch.no_grad():

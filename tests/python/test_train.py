@@ -1,0 +1,246 @@
+"""Tests of the training script (python/sagan_attn/train.py), its data (data.py) and figures (figures.py).
+
+Every run is tiny (ch 8, batch 4, 32x32 digits, a few steps) and runs in this process through
+``train.main``; one test runs the ``python -m sagan_attn.train`` entry point in a subprocess.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import sagan_attn
+from sagan_attn import figures, reference, train
+from sagan_attn.data import ImageFolderDataset, StepBatchSampler, digits
+from sagan_attn.models import Generator
+
+REPO = Path(__file__).resolve().parents[2]
+# One thread: the models are tiny, and a single thread is as fast and immune to a busy machine's spinning.
+TINY = ["--ch", "8", "--batch-size", "4", "--z-dim", "16", "--samples", "20", "--no-progress", "--log-every", "1",
+        "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads(restore_threads):
+    """--threads sets torch's thread count for the process; give the other tests theirs back."""
+
+
+def _train(out: Path, *extra: str) -> dict:
+    assert train.main([*TINY, "--out", str(out), *extra]) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def _log(out: Path) -> list:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _checkpoint(out: Path) -> dict:
+    return torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+
+
+# -- a few steps of every configuration ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss, variant, attention",
+                         list(itertools.product(["hinge", "nonsaturating", "wgan-gp"], ["paper", "official"],
+                                                ["fused", "notebook"])))
+def test_smoke(tmp_path, loss, variant, attention):
+    summary = _train(tmp_path, "--steps", "2", "--sample-every", "0", "--loss", loss, "--attn-variant", variant,
+                     "--attention", attention)
+    assert summary["steps"] == 2 and summary["attention_impl"] == attention and summary["loss"] == loss
+    records = _log(tmp_path)
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert all(torch.isfinite(torch.tensor(r[k])) for k in ("d_loss", "g_loss")), r
+        assert ("gp" in r) == (loss == "wgan-gp")
+    ckpt = _checkpoint(tmp_path)
+    assert ckpt["step"] == 2 and ckpt["args"]["attention"] == attention
+    assert set(ckpt) >= {"G", "D", "G_ema", "opt_G", "opt_D", "rng", "args"}
+
+
+def test_figures_summary_and_report(tmp_path, capsys):
+    summary = _train(tmp_path, "--steps", "2", "--sample-every", "1")
+    out = capsys.readouterr().out
+    assert "images/s" in out and "peak memory" in out
+    assert summary["images_per_s"] > 0 and summary["peak_memory_mib"] > 0
+    assert summary["g_attn_res"] == [32] and summary["d_attn_res"] == [16]
+    for step in range(3):  # before the first step, then after each
+        grid = Image.open(tmp_path / "samples" / f"step_{step:06d}.png")
+        # 20 samples, a column per digit class: 2 rows of 10 cells of 32 px, 2 px padding
+        assert grid.size == (2 + 10 * 34, 2 + 2 * 34)
+        attention = Image.open(tmp_path / "attention" / f"step_{step:06d}.png")
+        # 4 images, each with 4 query positions: 4 rows of 1 + 4 cells of 128 px
+        assert attention.size == (2 + 5 * 130, 2 + 4 * 130)
+    assert summary["samples_png"].endswith("step_000002.png")
+
+
+def test_attention_figure_uses_rows_only(monkeypatch):
+    """The visualisation asks the attention for the rows of its query positions, never the full map."""
+    torch.manual_seed(0)
+    G = Generator(32, ch=8, z_dim=16, num_classes=10).eval()
+    shapes = []
+    real_map = reference.attention_map
+
+    def spy(f, g, scale=1.0):
+        shapes.append((f.shape[2], g.shape[2]))
+        return real_map(f, g, scale)
+
+    monkeypatch.setattr(reference, "attention_map", spy)
+    images, rows, queries, grid = figures.generate_with_attention(G, torch.randn(3, 16), torch.tensor([1, 2, 3]))
+    assert images.shape == (3, 3, 32, 32) and grid == (32, 32) and len(queries) == 4
+    assert rows.shape == (3, 4, 32, 32)
+    torch.testing.assert_close(rows.sum(dim=(2, 3)), torch.ones(3, 4))
+    assert shapes == [(4, 32 * 32)]  # 4 query rows of 1024 keys, not 1024 x 1024
+
+
+# -- checkpoints and resume --------------------------------------------------------------------------------
+
+
+def _assert_same_state(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for k, (x, y) in enumerate(zip(a, b)):
+            _assert_same_state(x, y, f"{where}[{k}]")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("loss, attention, variant", [("hinge", "fused", "paper"), ("wgan-gp", "notebook", "official")])
+def test_resume_gives_the_uninterrupted_run(tmp_path, loss, attention, variant):
+    """2 steps, save, resume to 4 steps == 4 steps at once: bit for bit (CPU, deterministic kernels)."""
+    common = ["--loss", loss, "--attention", attention, "--attn-variant", variant, "--sample-every", "0"]
+    _train(tmp_path / "straight", "--steps", "4", *common)
+    _train(tmp_path / "split", "--steps", "2", *common)
+    summary = _train(tmp_path / "split", "--steps", "4", "--resume", str(tmp_path / "split" / "checkpoints" / "last.pt"))
+    assert summary["steps"] == 4 and summary["steps_this_run"] == 2
+    straight, split = _checkpoint(tmp_path / "straight"), _checkpoint(tmp_path / "split")
+    assert split["step"] == 4 and split["args"]["loss"] == loss  # the arguments came from the checkpoint
+    for key in ("G", "D", "G_ema", "opt_G", "opt_D", "rng"):
+        _assert_same_state(straight[key], split[key], key)
+    assert [r["step"] for r in _log(tmp_path / "split")] == [1, 2, 3, 4]
+
+
+def test_checkpoint_moves_between_attention_implementations(tmp_path):
+    _train(tmp_path, "--steps", "2", "--sample-every", "0", "--attention", "fused")
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    summary = _train(tmp_path, "--steps", "3", "--sample-every", "0", "--attention", "notebook", "--resume", str(ckpt))
+    assert summary["steps"] == 3 and summary["attention_impl"] == "notebook"
+    summary = _train(tmp_path, "--steps", "4", "--sample-every", "0", "--attention", "fused", "--resume", str(ckpt))
+    assert summary["steps"] == 4 and summary["attention_impl"] == "fused"
+
+
+def test_resume_rejects_a_model_that_does_not_fit(tmp_path):
+    _train(tmp_path, "--steps", "1", "--sample-every", "0")
+    with pytest.raises(SystemExit, match="does not fit the model"):
+        _train(tmp_path, "--steps", "2", "--ch", "16", "--resume", str(tmp_path / "checkpoints" / "last.pt"))
+
+
+# -- AMP ---------------------------------------------------------------------------------------------------
+
+
+def test_amp_bf16_on_cpu(tmp_path):
+    """bf16 autocast on the CPU: the attention blocks (fused op) run in bfloat16, the losses stay finite."""
+    args = train.parse_args([*TINY, "--out", str(tmp_path), "--amp", "bf16"])
+    trainer = train.Trainer(args)
+    dtypes = []
+    trainer.G.attention["32"].register_forward_pre_hook(lambda module, inputs: dtypes.append(inputs[0].dtype))
+    with torch.no_grad(), trainer.autocast():
+        trainer.G(torch.randn(2, 16), torch.tensor([0, 1]))
+    assert dtypes == [torch.bfloat16]
+    summary = _train(tmp_path, "--steps", "2", "--sample-every", "0", "--amp", "bf16", "--loss", "wgan-gp")
+    assert summary["amp"] == "bf16"
+    assert all(torch.isfinite(torch.tensor([r["d_loss"], r["g_loss"], r["gp"]])).all() for r in _log(tmp_path))
+
+
+# -- data --------------------------------------------------------------------------------------------------
+
+
+def test_digits_dataset():
+    data = digits(32)
+    assert len(data) == 1797 and data.num_classes == 10 and data.img_channels == 1
+    x, y = data[0]
+    assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and y.item() == 0
+    assert data.images.min() == -1.0 and data.images.max() == 1.0
+    unlabelled = digits(32, labelled=False)
+    assert unlabelled.num_classes == 0 and int(unlabelled.labels.abs().sum()) == 0
+    assert data.num_classes == 10 and data.labels.max() == 9  # the cached tensors were not touched
+
+
+def test_step_batch_sampler():
+    full = list(StepBatchSampler(10, 3, seed=5, start_step=0, stop_step=9))
+    assert len(full) == 9
+    for epoch in range(3):  # 3 batches per epoch (the 10th item dropped), no repeat within an epoch
+        items = sum(full[3 * epoch:3 * epoch + 3], [])
+        assert len(set(items)) == 9
+    assert list(StepBatchSampler(10, 3, seed=5, start_step=4, stop_step=9)) == full[4:]
+    assert list(StepBatchSampler(10, 3, seed=6, stop_step=9)) != full
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        StepBatchSampler(2, 3)
+
+
+def _write_images(folder: Path, count: int, seed: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    modes = ["RGB", "L", "RGBA"]
+    for k in range(count):  # sizes that are neither square nor 32, grey and RGBA among them
+        width, height = 40 + 7 * k, 33 + 5 * k
+        pixels = torch.randint(0, 256, (height, width, 3), generator=gen, dtype=torch.uint8).numpy()
+        mode = modes[k % 3]
+        suffix = "png" if mode == "RGBA" or k % 2 else "jpg"
+        Image.fromarray(pixels).convert(mode).save(folder / f"img{k}.{suffix}")
+
+
+def test_image_folder_with_classes(tmp_path):
+    _write_images(tmp_path / "data" / "cats", 4, 0)
+    _write_images(tmp_path / "data" / "dogs", 4, 1)
+    data = ImageFolderDataset(tmp_path / "data", 32)
+    assert len(data) == 8 and data.num_classes == 2 and data.classes == ["cats", "dogs"]
+    x, y = data[5]
+    assert x.shape == (3, 32, 32) and -1.0 <= x.min() and x.max() <= 1.0 and y.item() == 1
+    summary = _train(tmp_path / "run", "--data", str(tmp_path / "data"), "--steps", "2", "--sample-every", "2")
+    assert summary["steps"] == 2
+    assert Image.open(summary["samples_png"]).mode == "RGB"
+    assert _checkpoint(tmp_path / "run")["dataset"]["num_classes"] == 2
+
+
+def test_image_folder_without_classes(tmp_path):
+    _write_images(tmp_path / "flat", 5, 2)
+    data = ImageFolderDataset(tmp_path / "flat", 32)
+    assert data.num_classes == 0 and len(data) == 5
+    summary = _train(tmp_path / "run", "--data", str(tmp_path / "flat"), "--steps", "1", "--sample-every", "0")
+    assert summary["steps"] == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no image"):
+        ImageFolderDataset(tmp_path / "empty", 32)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ImageFolderDataset(tmp_path / "missing", 32)
+
+
+# -- the command line --------------------------------------------------------------------------------------
+
+
+def test_command_line(tmp_path):
+    env = dict(os.environ)
+    package_root = str(Path(sagan_attn.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-m", "sagan_attn.train", *TINY, "--steps", "1", "--sample-every", "0",
+           "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "images/s" in proc.stdout and (tmp_path / "checkpoints" / "last.pt").exists()
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "train_sagan.py"), "--help"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and "--attention" in proc.stdout, proc.stderr
