@@ -1,0 +1,15 @@
+// SIMT kernels of sagan::self_attn for storage type __half (see self_attn_simt_kernel.cuh).
+#include "kernels/cuda/simt/self_attn_simt.h"
+#include "kernels/cuda/simt/self_attn_simt_launch.cuh"
+
+namespace sagan::kernels::cuda::simt {
+
+cudaError_t self_attn_fwd_simt_f16(const FwdArgs& args, cudaStream_t stream) {
+  return launch_fwd<__half>(args, stream);
+}
+
+cudaError_t self_attn_bwd_simt_f16(const BwdArgs& args, cudaStream_t stream) {
+  return launch_bwd<__half>(args, stream);
+}
+
+}  // namespace sagan::kernels::cuda::simt
