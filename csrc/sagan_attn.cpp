@@ -2,6 +2,7 @@
 
 #include "csrc/build_info.h"
 
+#include <ATen/Functions.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/version.h>
 
@@ -18,12 +19,26 @@
 
 namespace sagan {
 
+namespace {
+
+using SelfAttnFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                              const std::optional<at::Tensor>&, const at::Tensor&, double);
+using SelfAttnFwdFn = decltype(self_attn_fwd);
+using SelfAttnBackwardFn = decltype(self_attn_backward);
+
+}  // namespace
+
 at::Tensor self_attn(const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
                      const std::optional<at::Tensor>& x, const at::Tensor& gamma, double scale) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("sagan::self_attn", "")
-                       .typed<decltype(self_attn)>();
+                       .typed<SelfAttnFn>();
   return op.call(f, g, h, x, gamma, scale);
+}
+
+at::Tensor self_attn(const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
+                     const std::optional<at::Tensor>& x, double gamma, double scale) {
+  return self_attn(f, g, h, x, at::scalar_tensor(gamma, f.options().requires_grad(false)), scale);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd(
@@ -31,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd(
     const std::optional<at::Tensor>& x, const at::Tensor& gamma, double scale) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("sagan::self_attn_fwd", "")
-                       .typed<decltype(self_attn_fwd)>();
+                       .typed<SelfAttnFwdFn>();
   return op.call(f, g, h, x, gamma, scale);
 }
 
@@ -40,7 +55,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward(
     const at::Tensor& o, const at::Tensor& lse, const at::Tensor& gamma, double scale) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("sagan::self_attn_backward", "")
-                       .typed<decltype(self_attn_backward)>();
+                       .typed<SelfAttnBackwardFn>();
   return op.call(grad_y, f, g, h, o, lse, gamma, scale);
 }
 
