@@ -1,0 +1,351 @@
+// Runs the SIMT kernels' block bodies (kernels/cuda/simt/self_attn_simt_kernel.cuh) on the CPU under
+// simt_host_emulation.h and checks them against a float64 reference: random strided inputs (NaN in
+// the stride padding, which must never be read), shapes that break every tile, both channel tiles,
+// grid y / z smaller than needed (the in-kernel loops), softmax specials, empty sizes, and bitwise
+// equality of two runs under different thread schedules (races). The launchers (<<<>>>) are not run.
+//   g++ -std=c++20 -O2 -pthread -I/usr/local/cuda/include -I. -Wno-unknown-pragmas -Wno-attributes
+//       kernels/cuda/simt/host_emulation/simt_host_emulation_test.cpp -o /tmp/simt_emu && /tmp/simt_emu
+// (from the repository root; about two minutes on two cores; an argument 1..6 runs one group).
+#include "kernels/cuda/simt/host_emulation/simt_host_emulation.h"
+#include "kernels/cuda/simt/self_attn_simt_kernel.cuh"
+#include <algorithm>
+#include <cassert>
+#include <limits>
+
+using namespace sagan::kernels;
+using namespace sagan::kernels::cuda;
+using namespace sagan::kernels::cuda::simt;
+
+template <typename T> double to_d(T v) { return static_cast<double>(v); }
+template <> double to_d(__half v) { return __half2float(v); }
+template <> double to_d(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> T from_d(double v) { return static_cast<T>(v); }
+template <> __half from_d(double v) { return __float2half((float)v); }
+template <> __nv_bfloat16 from_d(double v) { return __float2bfloat16((float)v); }
+
+struct Shape { int64_t B, Cqk, Cv, Nq, Nk; };
+
+// A strided channel-first tensor (B, C, N) with padding in the batch and channel strides.
+template <typename T>
+struct Strided {
+  int64_t B, C, N, sb, sc;
+  std::vector<T> data;
+  Strided(int64_t B_, int64_t C_, int64_t N_, std::mt19937& rng, double amp, int pad_c = 3, int pad_b = 5)
+      : B(B_), C(C_), N(N_) {
+    sc = N + pad_c;
+    sb = C * sc + pad_b;
+    data.assign(std::max<int64_t>(1, B * sb), from_d<T>(std::nan("")));  // padding is NaN: must never be read
+    std::uniform_real_distribution<double> u(-amp, amp);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t n = 0; n < N; ++n) data[b * sb + c * sc + n] = from_d<T>(u(rng));
+  }
+  double at(int64_t b, int64_t c, int64_t n) const { return to_d(data[b * sb + c * sc + n]); }
+};
+
+struct Ref {
+  std::vector<double> o, y, lse, dh, dg, df, delta;
+};
+
+template <typename T>
+Ref reference(const Shape& s, const Strided<T>& f, const Strided<T>& g, const Strided<T>& h, const Strided<T>* x,
+              const Strided<T>& dy, double gamma, double scale) {
+  Ref r;
+  r.o.assign(s.B * s.Cv * s.Nq, 0); r.y = r.o; r.lse.assign(s.B * s.Nq, 0);
+  r.dh.assign(s.B * s.Cv * s.Nk, 0); r.dg.assign(s.B * s.Cqk * s.Nk, 0); r.df.assign(s.B * s.Cqk * s.Nq, 0);
+  r.delta.assign(s.B * s.Nq, 0);
+  for (int64_t b = 0; b < s.B; ++b) {
+    std::vector<double> P(s.Nq * s.Nk);
+    for (int64_t i = 0; i < s.Nq; ++i) {
+      double mx = -INFINITY;
+      for (int64_t j = 0; j < s.Nk; ++j) {
+        double a = 0; for (int64_t c = 0; c < s.Cqk; ++c) a += f.at(b, c, i) * g.at(b, c, j);
+        P[i * s.Nk + j] = a * scale; mx = std::max(mx, a * scale);
+      }
+      double sum = 0; for (int64_t j = 0; j < s.Nk; ++j) sum += std::exp(P[i * s.Nk + j] - mx);
+      r.lse[b * s.Nq + i] = mx + std::log(sum);
+      for (int64_t j = 0; j < s.Nk; ++j) P[i * s.Nk + j] = std::exp(P[i * s.Nk + j] - r.lse[b * s.Nq + i]);
+    }
+    for (int64_t c = 0; c < s.Cv; ++c)
+      for (int64_t i = 0; i < s.Nq; ++i) {
+        double a = 0; for (int64_t j = 0; j < s.Nk; ++j) a += P[i * s.Nk + j] * h.at(b, c, j);
+        r.o[(b * s.Cv + c) * s.Nq + i] = a;
+        r.y[(b * s.Cv + c) * s.Nq + i] = gamma * a + (x ? x->at(b, c, i) : 0.0);
+      }
+    for (int64_t i = 0; i < s.Nq; ++i) {
+      double d = 0; for (int64_t c = 0; c < s.Cv; ++c) d += dy.at(b, c, i) * r.o[(b * s.Cv + c) * s.Nq + i];
+      r.delta[b * s.Nq + i] = d;
+    }
+    std::vector<double> DS(s.Nq * s.Nk);
+    for (int64_t i = 0; i < s.Nq; ++i)
+      for (int64_t j = 0; j < s.Nk; ++j) {
+        double dp = 0; for (int64_t c = 0; c < s.Cv; ++c) dp += dy.at(b, c, i) * h.at(b, c, j);
+        DS[i * s.Nk + j] = P[i * s.Nk + j] * (dp - r.delta[b * s.Nq + i]);
+      }
+    for (int64_t c = 0; c < s.Cv; ++c)
+      for (int64_t j = 0; j < s.Nk; ++j) {
+        double a = 0; for (int64_t i = 0; i < s.Nq; ++i) a += P[i * s.Nk + j] * dy.at(b, c, i);
+        r.dh[(b * s.Cv + c) * s.Nk + j] = gamma * a;
+      }
+    for (int64_t c = 0; c < s.Cqk; ++c) {
+      for (int64_t j = 0; j < s.Nk; ++j) {
+        double a = 0; for (int64_t i = 0; i < s.Nq; ++i) a += DS[i * s.Nk + j] * f.at(b, c, i);
+        r.dg[(b * s.Cqk + c) * s.Nk + j] = gamma * scale * a;
+      }
+      for (int64_t i = 0; i < s.Nq; ++i) {
+        double a = 0; for (int64_t j = 0; j < s.Nk; ++j) a += DS[i * s.Nk + j] * g.at(b, c, j);
+        r.df[(b * s.Cqk + c) * s.Nq + i] = gamma * scale * a;
+      }
+    }
+  }
+  return r;
+}
+
+template <typename V>
+double rel_err(const std::vector<V>& got, const std::vector<double>& ref, const char* what, bool* nan_seen) {
+  double mx = 0, e = 0;
+  for (size_t i = 0; i < ref.size(); ++i) mx = std::max(mx, std::abs(ref[i]));
+  for (size_t i = 0; i < ref.size(); ++i) {
+    double gv = to_d(got[i]);
+    if (!std::isfinite(gv)) { *nan_seen = true; fprintf(stderr, "  %s[%zu] = %g (ref %g)\n", what, i, gv, ref[i]); return INFINITY; }
+    e = std::max(e, std::abs(gv - ref[i]));
+  }
+  return e / (mx + 1e-300);
+}
+
+// Runs every block of a grid (tiles x chunks x batch) with grid y, z possibly smaller than needed.
+template <typename F>
+void run_grid(int64_t nx, int64_t gy, int64_t gz, size_t smem, unsigned seed, F body) {
+  for (int64_t bz = 0; bz < gz; ++bz)
+    for (int64_t by = 0; by < gy; ++by)
+      for (int64_t bx = 0; bx < nx; ++bx)
+        emu::run_block(kThreads, seed + (unsigned)(bx * 7919 + by * 104729 + bz * 1299709), smem,
+                       [&](int tid, void* sm) { body(tid, sm, bx, by, bz); });
+}
+
+template <typename T, int VCF, int VCB>
+bool test(const Shape& s, bool with_x, double gamma_v, double scale, int64_t gy_cap, int64_t gz_cap, unsigned seed, double tol,
+          std::vector<double>* bits_out = nullptr) {
+  using Acc = acc_t<T>;
+  std::mt19937 rng(1234 + s.B * 7 + s.Cqk * 13 + s.Cv * 17 + s.Nq * 19 + s.Nk * 23);
+  Strided<T> f(s.B, s.Cqk, s.Nq, rng, 1.5), g(s.B, s.Cqk, s.Nk, rng, 1.5), h(s.B, s.Cv, s.Nk, rng, 1.0),
+      x(s.B, s.Cv, s.Nq, rng, 1.0), dy(s.B, s.Cv, s.Nq, rng, 1.0);
+  const T gamma_t = from_d<T>(gamma_v);
+  const double gamma = to_d(gamma_t);
+  Ref r = reference(s, f, g, h, with_x ? &x : nullptr, dy, gamma, scale);
+
+  SelfAttnFwdParams p;
+  p.B = s.B; p.Cqk = s.Cqk; p.Cv = s.Cv; p.Nq = s.Nq; p.Nk = s.Nk;
+  p.f = f.data.data(); p.f_sb = f.sb; p.f_sc = f.sc;
+  p.g = g.data.data(); p.g_sb = g.sb; p.g_sc = g.sc;
+  p.h = h.data.data(); p.h_sb = h.sb; p.h_sc = h.sc;
+  if (with_x) { p.x = x.data.data(); p.x_sb = x.sb; p.x_sc = x.sc; }
+  std::vector<T> o(s.B * s.Cv * s.Nq, from_d<T>(std::nan(""))), y = o;
+  std::vector<double> lse(s.B * s.Nq, std::nan(""));
+  p.o = o.data(); p.y = y.data(); p.lse = lse.data(); p.scale = scale;
+  const Acc scale_exp = static_cast<Acc>(scale * ExpBase<Acc>::kFromNatural);
+  if (s.B > 0 && s.Nq > 0) {
+    using S = FwdSmem<Acc, VCF>;
+    const int64_t n_cv = s.Cv > 0 ? ceil_div(s.Cv, S::kBCV) : 1;
+    const int64_t gy = std::min(n_cv, gy_cap), gz = std::min(s.B, gz_cap);
+    run_grid(ceil_div(s.Nq, kBlockQ), gy, gz, S::kBytes, seed, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      fwd_block<T, Acc, VCF>(p, &gamma_t, scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, gy, gz);
+    });
+  }
+  bool nan = false, ok = true;
+  double e_o = rel_err(o, r.o, "o", &nan), e_y = rel_err(y, r.y, "y", &nan), e_l = rel_err(lse, r.lse, "lse", &nan);
+
+  // Backward, with the kernel's lse, delta from the reference (in Acc).
+  SelfAttnBwdParams q;
+  q.B = s.B; q.Cqk = s.Cqk; q.Cv = s.Cv; q.Nq = s.Nq; q.Nk = s.Nk;
+  q.dy = dy.data.data(); q.dy_sb = dy.sb; q.dy_sc = dy.sc;
+  q.f = p.f; q.f_sb = p.f_sb; q.f_sc = p.f_sc; q.g = p.g; q.g_sb = p.g_sb; q.g_sc = p.g_sc;
+  q.h = p.h; q.h_sb = p.h_sb; q.h_sc = p.h_sc; q.lse = lse.data(); q.scale = scale;
+  std::vector<T> dh(s.B * s.Cv * s.Nk, from_d<T>(std::nan(""))), dg(s.B * s.Cqk * s.Nk, from_d<T>(std::nan(""))),
+      df(s.B * s.Cqk * s.Nq, from_d<T>(std::nan(""))), df2 = df;
+  q.dh = dh.data(); q.dg = dg.data(); q.df = df.data();
+  std::vector<Acc> delta(s.B * s.Nq);
+  for (size_t i = 0; i < delta.size(); ++i) delta[i] = static_cast<Acc>(r.delta[i]);
+  std::vector<Acc> dfacc(s.B * s.Cqk * s.Nq, Acc(0));
+  if (s.B > 0 && s.Cv > 0 && s.Nk > 0) {
+    using S = DhSmem<Acc, VCB>;
+    const int64_t gy = std::min(ceil_div(s.Cv, S::kBCV), gy_cap), gz = std::min(s.B, gz_cap);
+    run_grid(ceil_div(s.Nk, kBlockK), gy, gz, S::kBytes, seed + 1, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      bwd_dh_block<T, Acc, VCB>(q, &gamma_t, scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, gy, gz);
+    });
+  }
+  if (s.B > 0 && s.Cqk > 0 && s.Nk > 0) {
+    using S = DgSmem<Acc, VCB>;
+    const int64_t gy = std::min(ceil_div(s.Cqk, S::kBCQ), gy_cap), gz = std::min(s.B, gz_cap);
+    // deterministic mode (no atomics), then atomic mode into dfacc (dg written twice, same values)
+    run_grid(ceil_div(s.Nk, kBlockK), gy, gz, S::kBytes, seed + 2, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      bwd_dg_block<T, Acc, VCB>(q, &gamma_t, delta.data(), nullptr, scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, gy, gz);
+    });
+    run_grid(ceil_div(s.Nk, kBlockK), gy, gz, S::kBytesAtomic, seed + 3, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      bwd_dg_block<T, Acc, VCB>(q, &gamma_t, delta.data(), dfacc.data(), scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, gy, gz);
+    });
+  }
+  if (s.B > 0 && s.Cqk > 0 && s.Nq > 0) {
+    using S = DfSmem<Acc, VCB>;
+    const int64_t gy = std::min(ceil_div(s.Cqk, S::kBCQ), gy_cap), gz = std::min(s.B, gz_cap);
+    run_grid(ceil_div(s.Nq, kBlockQ), gy, gz, S::kBytes, seed + 4, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      bwd_df_block<T, Acc, VCB>(q, &gamma_t, delta.data(), scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, gy, gz);
+    });
+  }
+  for (size_t i = 0; i < df2.size(); ++i) df2[i] = from_d<T>(gamma * scale * to_d(dfacc[i]));
+  double e_dh = rel_err(dh, r.dh, "dh", &nan), e_dg = rel_err(dg, r.dg, "dg", &nan), e_df = rel_err(df, r.df, "df", &nan),
+         e_df2 = rel_err(df2, r.df, "df_atomic", &nan);
+  double worst = std::max({e_o, e_y, e_l, e_dh, e_dg, e_df, e_df2});
+  if (s.Nk == 0) worst = std::max({e_y, e_dh, e_dg, e_df, e_df2});  // lse = -inf there; checked below
+  ok = !nan && worst <= tol;
+  printf("%s T=%zuB VCF=%d VCB=%d B=%ld Cqk=%ld Cv=%ld Nq=%ld Nk=%ld x=%d gy<=%ld gz<=%ld | o %.2e y %.2e lse %.2e dh %.2e dg %.2e df %.2e dfA %.2e\n",
+         ok ? "OK  " : "FAIL", sizeof(T), VCF, VCB, (long)s.B, (long)s.Cqk, (long)s.Cv, (long)s.Nq, (long)s.Nk, (int)with_x,
+         (long)gy_cap, (long)gz_cap, e_o, e_y, e_l, e_dh, e_dg, e_df, e_df2);
+  if (bits_out) {
+    bits_out->clear();
+    for (auto v : o) bits_out->push_back(to_d(v));
+    for (auto v : lse) bits_out->push_back(v);
+    for (auto v : dh) bits_out->push_back(to_d(v));
+    for (auto v : dg) bits_out->push_back(to_d(v));
+    for (auto v : df) bits_out->push_back(to_d(v));
+  }
+  fflush(stdout);
+  return ok;
+}
+
+template <int VC>
+int fwd_special() {
+  const int64_t B = 2, Cqk = 1, Cv = 2, Nq = 3, Nk = 70;
+  std::vector<float> f(B * Nq), g(B * Nk), h(B * Cv * Nk), o(B * Cv * Nq, 7.f), y(B * Cv * Nq, 7.f);
+  std::vector<double> lse(B * Nq, 7.0);
+  for (int b = 0; b < B; ++b) { f[b * Nq + 0] = 1e20f; f[b * Nq + 1] = 0.f; f[b * Nq + 2] = -1e20f; }
+  for (int j = 0; j < Nk; ++j) { g[j] = j < 66 ? -1e20f : 1e-22f; g[Nk + j] = -1e20f; }
+  for (size_t i = 0; i < h.size(); ++i) h[i] = 0.01f * (float)(i % 97) - 0.3f;
+  SelfAttnFwdParams p; p.B = B; p.Cqk = Cqk; p.Cv = Cv; p.Nq = Nq; p.Nk = Nk;
+  p.f = f.data(); p.f_sb = Nq; p.f_sc = Nq; p.g = g.data(); p.g_sb = Nk; p.g_sc = Nk; p.h = h.data(); p.h_sb = Cv * Nk; p.h_sc = Nk;
+  p.o = o.data(); p.y = y.data(); p.lse = lse.data(); p.scale = 1.0;
+  const float gamma = 2.f; const float se = (float)(1.0 * ExpBase<float>::kFromNatural);
+  run_grid(1, 1, B, FwdSmem<float, VC>::kBytes, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+    fwd_block<float, float, VC>(p, &gamma, se, (float*)sm, tid, bx, by, bz, 1, B); });
+  int bad = 0;
+  auto chk = [&](bool c, const char* w) { if (!c) { printf("FAIL %s\n", w); ++bad; } };
+  for (int c = 0; c < Cv; ++c) {
+    double m4 = 0, m70 = 0;
+    for (int j = 66; j < 70; ++j) m4 += h[c * Nk + j] / 4.0;
+    for (int j = 0; j < 70; ++j) m70 += h[c * Nk + j] / 70.0;
+    chk(std::abs(o[c * Nq + 0] - m4) < 1e-6, "b0 mixed -inf row");
+    chk(std::abs(o[c * Nq + 1] - m70) < 1e-6, "b0 uniform row");
+    chk(std::isnan(o[c * Nq + 2]), "b0 +inf row NaN");
+    double m70b = 0; for (int j = 0; j < 70; ++j) m70b += h[Cv * Nk + c * Nk + j] / 70.0;
+    chk(std::isnan(o[Cv * Nq + c * Nq + 0]), "b1 all -inf row NaN");
+    chk(std::abs(o[Cv * Nq + c * Nq + 1] - m70b) < 1e-6, "b1 uniform row");
+    chk(std::isnan(o[Cv * Nq + c * Nq + 2]), "b1 all +inf row NaN");
+    chk(std::abs(y[c * Nq + 1] - 2 * m70) < 1e-6, "y no x");
+  }
+  chk(std::abs(lse[0] - (0.01 + std::log(4.0))) < 1e-6, "lse mixed");
+  chk(std::abs(lse[1] - std::log(70.0)) < 1e-6, "lse uniform");
+  chk(std::isinf(lse[3]) && lse[3] < 0, "lse all -inf");
+  printf("special VC=%d: o0=%g lse=%g %g %g | %g %g %g\n", VC, o[0], lse[0], lse[1], lse[2], lse[3], lse[4], lse[5]);
+  return bad;
+}
+int edge_sizes() {
+  int bad = 0;
+  auto chk = [&](bool c, const char* w) { if (!c) { printf("FAIL %s\n", w); ++bad; } };
+  // Nk == 0: o = 0, y = x, lse = -inf. Cqk == 0 too.
+  {
+    const int64_t B = 1, Cqk = 0, Cv = 3, Nq = 5, Nk = 0;
+    std::vector<float> x(Cv * Nq, 1.5f), o(Cv * Nq, 7.f), y(Cv * Nq, 7.f); std::vector<double> lse(Nq, 7.0);
+    float dummy = 0;
+    SelfAttnFwdParams p; p.B = B; p.Cqk = Cqk; p.Cv = Cv; p.Nq = Nq; p.Nk = Nk;
+    p.f = &dummy; p.g = &dummy; p.h = &dummy; p.x = x.data(); p.x_sb = Cv * Nq; p.x_sc = Nq;
+    p.o = o.data(); p.y = y.data(); p.lse = lse.data();
+    const float gamma = 2.f;
+    run_grid(1, 1, 1, FwdSmem<float, 4>::kBytes, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      fwd_block<float, float, 4>(p, &gamma, 1.f, (float*)sm, tid, bx, by, bz, 1, 1); });
+    for (auto v : o) chk(v == 0.f, "Nk=0 o");
+    for (auto v : y) chk(v == 1.5f, "Nk=0 y");
+    for (auto v : lse) chk(std::isinf(v) && v < 0, "Nk=0 lse");
+  }
+  // Cv == 0: lse still written. Cqk == 0: uniform softmax.
+  {
+    const int64_t B = 2, Cqk = 0, Cv = 0, Nq = 5, Nk = 9;
+    std::vector<double> lse(B * Nq, 7.0); float dummy = 0;
+    SelfAttnFwdParams p; p.B = B; p.Cqk = Cqk; p.Cv = Cv; p.Nq = Nq; p.Nk = Nk;
+    p.f = &dummy; p.g = &dummy; p.h = &dummy; p.o = &dummy; p.y = &dummy; p.lse = lse.data();
+    const float gamma = 2.f;
+    run_grid(1, 1, B, FwdSmem<float, 4>::kBytes, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      fwd_block<float, float, 4>(p, &gamma, 1.f, (float*)sm, tid, bx, by, bz, 1, B); });
+    for (auto v : lse) chk(std::abs(v - std::log(9.0)) < 1e-6, "Cv=0 lse");
+  }
+  // Backward with Nq == 0: dh = 0, dg = 0 written.
+  {
+    const int64_t B = 1, Cqk = 2, Cv = 3, Nq = 0, Nk = 5;
+    std::vector<float> f(1), g(Cqk * Nk, 1.f), h(Cv * Nk, 1.f), dy(1), dh(Cv * Nk, 7.f), dg(Cqk * Nk, 7.f), delta(1);
+    std::vector<double> lse(1);
+    SelfAttnBwdParams q; q.B = B; q.Cqk = Cqk; q.Cv = Cv; q.Nq = Nq; q.Nk = Nk;
+    q.f = f.data(); q.g = g.data(); q.g_sc = Nk; q.g_sb = Cqk * Nk; q.h = h.data(); q.h_sc = Nk; q.h_sb = Cv * Nk; q.dy = dy.data();
+    q.lse = lse.data(); q.dh = dh.data(); q.dg = dg.data();
+    const float gamma = 2.f;
+    run_grid(1, 1, 1, DhSmem<float, 4>::kBytes, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      bwd_dh_block<float, float, 4>(q, &gamma, 1.f, (float*)sm, tid, bx, by, bz, 1, 1); });
+    run_grid(1, 1, 1, DgSmem<float, 4>::kBytesAtomic, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      bwd_dg_block<float, float, 4>(q, &gamma, delta.data(), (float*)delta.data(), 1.f, (float*)sm, tid, bx, by, bz, 1, 1); });
+    for (auto v : dh) chk(v == 0.f, "Nq=0 dh");
+    for (auto v : dg) chk(v == 0.f, "Nq=0 dg");
+  }
+  // Deterministic df with Nk == 0: df = 0.
+  {
+    const int64_t B = 1, Cqk = 2, Cv = 3, Nq = 4, Nk = 0;
+    std::vector<float> f(Cqk * Nq, 1.f), dy(Cv * Nq, 1.f), df(Cqk * Nq, 7.f), delta(Nq, 0.f), dummy(1);
+    std::vector<double> lse(Nq, 0.0);
+    SelfAttnBwdParams q; q.B = B; q.Cqk = Cqk; q.Cv = Cv; q.Nq = Nq; q.Nk = Nk;
+    q.f = f.data(); q.f_sc = Nq; q.f_sb = Cqk * Nq; q.g = dummy.data(); q.h = dummy.data(); q.dy = dy.data(); q.dy_sc = Nq; q.dy_sb = Cv * Nq;
+    q.lse = lse.data(); q.df = df.data();
+    const float gamma = 2.f;
+    run_grid(1, 1, 1, DfSmem<float, 4>::kBytes, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      bwd_df_block<float, float, 4>(q, &gamma, delta.data(), 1.f, (float*)sm, tid, bx, by, bz, 1, 1); });
+    for (auto v : df) chk(v == 0.f, "Nk=0 df");
+  }
+  printf("edge sizes: %d failures\n", bad);
+  return bad;
+}
+int main(int argc, char** argv) {
+  int fails = 0;
+  const int which = argc > 1 ? atoi(argv[1]) : 0;
+  auto T = [&](bool r) { fails += !r; };
+  if (which == 0 || which == 1) {
+    T(test<float, 8, 8>({2, 5, 70, 67, 45}, true, 0.7, 0.3, 65535, 65535, 11, 2e-5));
+    T(test<float, 4, 4>({2, 5, 70, 67, 45}, false, 0.7, 0.3, 1, 1, 12, 2e-5));
+    T(test<double, 4, 4>({1, 40, 3, 130, 129}, true, -1.3, 0.2, 65535, 65535, 13, 1e-12));
+  }
+  if (which == 0 || which == 2) {
+    T(test<double, 4, 4>({1, 1, 1, 1, 1}, true, 0.5, 1.0, 65535, 65535, 14, 1e-12));
+    T(test<float, 8, 8>({1, 70, 33, 64, 65}, true, 0.9, 0.15, 65535, 65535, 15, 2e-5));
+    T(test<double, 4, 4>({3, 70, 130, 20, 70}, true, 0.9, 0.15, 1, 2, 16, 1e-12));
+  }
+  if (which == 0 || which == 3) {
+    // Large logits: lse ~ 1e3; float path stays exact thanks to the hi+lo split.
+    T(test<float, 8, 8>({1, 8, 20, 70, 66}, true, 0.5, 60.0, 65535, 65535, 17, 5e-4));
+    T(test<__half, 4, 8>({2, 3, 10, 33, 97}, true, 0.5, 0.5, 65535, 65535, 18, 5e-3));
+    T(test<__nv_bfloat16, 8, 4>({1, 3, 10, 33, 97}, false, 0.5, 0.5, 65535, 65535, 19, 3e-2));
+  }
+  if (which == 0 || which == 4) {  // race check: same double problem under different schedules must be bitwise equal
+    std::vector<double> a, b;
+    T(test<double, 4, 4>({1, 35, 20, 70, 66}, true, 0.5, 0.3, 65535, 65535, 100, 1e-12, &a));
+    T(test<double, 4, 4>({1, 35, 20, 70, 66}, true, 0.5, 0.3, 65535, 65535, 977, 1e-12, &b));
+    bool same = a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 8) == 0;
+    printf("%s bitwise equal across schedules\n", same ? "OK  " : "FAIL");
+    fails += !same;
+  }
+  if (which == 0 || which == 5) {
+    std::vector<double> a, b;
+    T(test<float, 8, 8>({2, 130, 140, 150, 133}, true, 0.5, 0.1, 65535, 65535, 5, 3e-5, &a));
+    T(test<float, 8, 8>({2, 130, 140, 150, 133}, true, 0.5, 0.1, 1, 1, 999, 3e-5, &b));
+    bool same = a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 8) == 0;
+    printf("%s bitwise equal across schedules (float, VC 8)\n", same ? "OK  " : "FAIL");
+    fails += !same;
+  }
+  if (which == 0 || which == 6) fails += fwd_special<4>() + fwd_special<8>() + edge_sizes();
+  printf("%d failures\n", fails);
+  return fails != 0;
+}
