@@ -24,6 +24,7 @@
 
 #include "kernels/cuda/mma/self_attn_mma_primitives.cuh"
 #include "kernels/cuda/self_attn_cuda.h"
+#include "kernels/cuda/self_attn_cuda_common.cuh"
 
 namespace sagan::kernels::cuda::mma {
 
@@ -37,8 +38,6 @@ inline constexpr float kLog2e = 1.4426950408889634f;
 inline bool tiles_aligned(const void* ptr, int64_t sb, int64_t sc, int64_t n) {
   return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && sb % 8 == 0 && sc % 8 == 0 && n % 8 == 0;
 }
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Dynamic smem of a kernel: its tiles, or the float output staging that reuses them after the main
 // loop, whichever is larger.
