@@ -41,7 +41,9 @@ at::Tensor to_kernel_layout(const at::Tensor& t) {
 
 // Only c10/cuda headers here: ATen/cuda/CUDAContext.h pulls in cuBLAS/cuSPARSE headers that a
 // minimal CUDA toolkit (nvcc + cudart, as on our CI machines) does not have.
-bool use_mma(kc::DType dtype, int64_t Cqk) {
+bool use_mma(kc::DType dtype, int64_t Cqk, int64_t B) {
+  // The tensor-core kernels put the batch in a grid dimension (at most 65535); the SIMT ones loop.
+  if (B > 65535) return false;
   const char* forced = std::getenv("SAGAN_ATTN_CUDA_KERNELS");
   if (forced != nullptr && std::strcmp(forced, "simt") == 0) return false;
   int major = 0;
@@ -78,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd_cuda(
 
   const kc::DType dtype = kernel_dtype(f.scalar_type());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  C10_CUDA_CHECK(use_mma(dtype, Cqk) ? kc::self_attn_fwd_mma(dtype, a, stream)
+  C10_CUDA_CHECK(use_mma(dtype, Cqk, B) ? kc::self_attn_fwd_mma(dtype, a, stream)
                                      : kc::self_attn_fwd_simt(dtype, a, stream));
   return {y, o, lse};
 }
@@ -124,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cu
 
   const kc::DType kdtype = kernel_dtype(dtype);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  C10_CUDA_CHECK(use_mma(kdtype, Cqk) ? kc::self_attn_bwd_mma(kdtype, a, stream)
+  C10_CUDA_CHECK(use_mma(kdtype, Cqk, B) ? kc::self_attn_bwd_mma(kdtype, a, stream)
                                       : kc::self_attn_bwd_simt(kdtype, a, stream));
   if (df_accum.defined()) {
     df.copy_(df_accum.mul_(gamma.to(acc).reshape({}) * scale));
