@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# CPU benchmark of record for now: the demo's sweep (fused SelfAttention2d vs the notebook module,
-# median time and peak memory) at B=4, C=64, float32, written to bench/results/ as the printed table
-# (.txt) and every figure with device, torch version and git commit (.json).
-# Run on a quiet machine: medians on a shared one swing by 10x. Usage: bash bench/run_cpu.sh [extra demo flags]
+# The CPU benchmark of record: bench/sweep.py on the CPU in float32 (the model shapes at a 16th of their
+# GPU batch, the CPU target N=4096 B=4 C=64, the scaling sweep N=1024..16384 at B=1 C=128), written to
+# bench/results/cpu-<date>.{json,md} and .png plots. About 20 minutes on 2 cores.
+# Run from a clean commit on a quiet machine (the record notes the load average; medians on a busy one
+# swing). Usage: bash bench/run_cpu.sh [extra sweep flags, e.g. --quick or --only 'cpu-target,scaling']
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stamp="$(date +%Y%m%d-%H%M%S)"
-out="bench/results/cpu-${stamp}"
-mkdir -p bench/results
-python -m sagan_attn --device cpu --batch 4 --channels 64 --sizes 32,64,96,128 --dtype float32 \
-  --json "${out}.json" "$@" | tee "${out}.txt"
+python bench/sweep.py --device cpu --dtype float32 "$@"

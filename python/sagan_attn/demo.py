@@ -150,13 +150,25 @@ def _proc_status_kib(key: str) -> int:
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
-def _cpu_peak_bytes(fn: Callable[[], None]) -> int:
-    """Peak resident-set growth while fn runs: VmHWM after it minus VmRSS before (Linux)."""
+def cpu_peak_bytes(fn: Callable[[], None]) -> int:
+    """Peak resident-set growth while fn runs: VmHWM after it minus VmRSS before (Linux).
+
+    Meaningful in a process started with ``cpu_memory_env()`` (see the module docstring); bench/ uses it
+    too, so the demo and the benchmark measure CPU memory one way."""
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets VmHWM to the current VmRSS
     before = _proc_status_kib("VmRSS")
     fn()
     return max(0, _proc_status_kib("VmHWM") - before) * 1024
+
+
+def cpu_memory_env() -> Dict[str, str]:
+    """The environment of a fresh worker process whose peak resident set measures live tensors: glibc
+    maps every block of MMAP_THRESHOLD or more on its own and unmaps it on free, and the worker uses
+    this process's thread count."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD), MALLOC_TRIM_THRESHOLD_=str(MMAP_THRESHOLD))
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    return env
 
 
 def _memory_worker(job_json: str) -> int:
@@ -175,7 +187,7 @@ def _memory_worker(job_json: str) -> int:
         _step_fns(module, small_x, small_grad_y)["fwd+bwd"]()
         fns["fwd"]()
         for step in ("fwd", "fwd+bwd"):
-            print(json.dumps({"kind": kind, "step": step, "bytes": _cpu_peak_bytes(fns[step])}), flush=True)
+            print(json.dumps({"kind": kind, "step": step, "bytes": cpu_peak_bytes(fns[step])}), flush=True)
         del module, x, grad_y, fns
     return 0
 
@@ -190,8 +202,7 @@ def _memory_cpu(batch: int, channels: int, size: Tuple[int, int], dtype_name: st
         results.update({("notebook", s): "OOM" for s in ("fwd", "fwd+bwd")})
         kinds.remove("notebook")
     job = {"batch": batch, "channels": channels, "size": list(size), "dtype": dtype_name, "kinds": kinds}
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD), MALLOC_TRIM_THRESHOLD_=str(MMAP_THRESHOLD))
-    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    env = cpu_memory_env()
     proc = subprocess.run(
         [sys.executable, "-m", "sagan_attn", _MEMORY_WORKER_FLAG, json.dumps(job)],
         env=env,
@@ -613,6 +624,10 @@ def run(cfg: Config) -> int:
         print(f"record: {cfg.json_path}")
     print(_verdict(ok, accs, rows))
     print(f"(total {time.perf_counter() - t_start:.1f} s)")
+    sweep = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "bench", "sweep.py")
+    if os.path.exists(sweep):  # a checkout of the repository, not an installed wheel
+        print("against PyTorch SDPA and the matmul roofline too, on GAN shapes: python bench/sweep.py "
+              "(--quick for a short sweep; see bench/README.md)")
     return 0 if ok else 1
 
 

@@ -1,0 +1,1 @@
+"""sagan-attn's benchmark: ``python bench/sweep.py`` (see bench/README.md)."""
