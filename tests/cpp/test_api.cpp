@@ -55,6 +55,16 @@ TEST(Api, GammaAsNumberEqualsGammaTensor) {
   EXPECT_GT(f.grad().abs().max().item<double>(), 0.0);
 }
 
+// In inference mode the Autograd key is skipped: the op's composite kernel (self_attn_fwd's y) runs.
+TEST(Api, InferenceModeGivesTheSameResult) {
+  auto in = make_inputs(2, 4, 8, 70, 40, torch::kFloat, 4);
+  auto want = sagan::self_attn(in.f, in.g, in.h, in.x, in.gamma, 0.9);
+  c10::InferenceMode guard;
+  auto y = sagan::self_attn(in.f, in.g, in.h, in.x, in.gamma, 0.9);
+  EXPECT_TRUE(y.is_inference());
+  EXPECT_TRUE(torch::equal(y, want));
+}
+
 // Autograd's backward (no create_graph) is the fused kernel on self_attn_fwd's o and lse: bitwise.
 TEST(Api, FusedBackwardOpIsWhatAutogradRuns) {
   auto in = make_inputs(2, 5, 12, 97, 130, torch::kFloat, 2);

@@ -3,7 +3,7 @@
   * Concurrent calls from several Python threads (the dispatcher releases the GIL, so the kernels and
     their at::parallel_for really overlap), each with its own inputs, forward and backward, give
     bitwise the results of the same calls made one after another; so do threads sharing inputs, and
-    threads with different thread-local state (one under autocast, one in no_grad).
+    threads with different thread-local state (autocast, no_grad, inference_mode).
   * Bitwise identical results for any torch.set_num_threads (1 to 4, more than this machine's cores
     included): the kernels split work by shape only (test_op.py checks 1 vs 2 threads at one shape;
     here more counts, shapes with one and with many batches, and every dtype).
@@ -107,11 +107,18 @@ def test_concurrent_calls_with_thread_local_state():
         with torch.no_grad():
             return OP(*inputs, 1.0)
 
+    def inference():
+        # Inference mode skips the Autograd key: the op's CompositeExplicitAutograd kernel runs.
+        with torch.inference_mode():
+            return OP(*inputs, 1.0)
+
     want_plain, want_autocast, want_no_grad = plain(), autocast(), no_grad()
     assert want_autocast.dtype == torch.bfloat16
-    got = _run_threads([plain, autocast, no_grad, plain])
-    for res in got[0] + got[3]:
+    got = _run_threads([plain, autocast, no_grad, inference])
+    for res in got[0]:
         _assert_identical(res, want_plain, "plain thread")
+    for res in got[3]:
+        assert res.is_inference() and torch.equal(res, want_no_grad), "inference_mode thread"
     for res in got[1]:
         assert res.dtype == torch.bfloat16 and torch.equal(res, want_autocast), "autocast thread"
     for res in got[2]:
