@@ -376,6 +376,11 @@ def not_run(run: Run, dtype: str) -> str:
     return "\n".join(lines) if lines else "Every implementation ran every shape."
 
 
+def _load_range(record: dict) -> str:
+    loads = [r["load_average"][0] for r in record["results"] if r.get("load_average")]
+    return f"; 1-min load at the start of each shape {min(loads):.2f} .. {max(loads):.2f}" if loads else ""
+
+
 def markdown(record: dict) -> str:
     run = Run(record)
     info, m = run.info, run.info["machine"]
@@ -392,7 +397,8 @@ def markdown(record: dict) -> str:
         + (f"; GPU {m['name']}, {m['gpu_memory_bytes'] / GiB:.0f} GiB, TF32 matmul {m['tf32_matmul']}"
            if run.device == "cuda" else ""),
         f"- load average at start {' / '.join(f'{v:.2f}' for v in m['load_average_start'])}, at end "
-        f"{' / '.join(f'{v:.2f}' for v in info.get('load_average_end', []))} (1 / 5 / 15 min; the machine may be shared)",
+        f"{' / '.join(f'{v:.2f}' for v in info.get('load_average_end', []))} (1 / 5 / 15 min; the machine may be "
+        f"shared){_load_range(record)}",
         f"- command: `{info['command']}` ({info['duration_s']:.0f} s)",
         "- dense matmul (roofline, best of the start and the end of the run): "
         + "; ".join(f"{d} {v['n']}^3: {rate_unit(run)[1] * v['tflops']:.3g} {rate_unit(run)[0]}"

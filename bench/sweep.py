@@ -129,6 +129,7 @@ def _timed(fn, cfg: Config, warmup: int):
 
 def run_item(shape: S.Shape, dtype_name: str, cfg: Config, matmul: float, bar=None) -> List[dict]:
     dtype = getattr(torch, dtype_name)
+    load = list(os.getloadavg())  # per shape: the machine may be shared
     inputs = I.make_inputs(shape, dtype, cfg.device)
     rows = I.check_rows(shape.Nq)
     expected = I.oracle_rows(inputs, rows)
@@ -138,7 +139,7 @@ def run_item(shape: S.Shape, dtype_name: str, cfg: Config, matmul: float, bar=No
         if bar is not None:
             bar.set_postfix_str(f"{shape.name} {dtype_name} {name}", refresh=True)
         r = {"shape": shape.name, "dtype": dtype_name, "impl": name, "status": "ok", "layout": "",
-             "check": None, "ms": {}, "memory": {}, "tflops": {}, "matmul_fraction": {}}
+             "load_average": load, "check": None, "ms": {}, "memory": {}, "tflops": {}, "matmul_fraction": {}}
         results.append(r)
         need = I.estimated_bytes(name, shape, dtype)
         if cfg.mem_budget_bytes is not None and need > cfg.mem_budget_bytes:
