@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
 
     g = p.add_argument_group("model")
-    g.add_argument("--ch", type=int, default=32, help="base channel width of both networks (SAGAN: 64)")
+    g.add_argument("--ch", type=int, default=16,
+                   help="base channel width of both networks (small, for the CPU; SAGAN: 64)")
     g.add_argument("--z-dim", type=int, default=128, help="latent size")
     g.add_argument("--attention", choices=ATTENTION_IMPLS, default="fused",
                    help="attention implementation: the fused op, or the notebook's bmm (same parameters)")
@@ -130,6 +131,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parses the command line; with --resume, the checkpoint's arguments fill in those not given."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    for name in ("ch", "z_dim", "batch_size", "n_dis", "samples"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("steps", "workers", "sample_every", "ckpt_every", "log_every"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be at least 0, got {getattr(args, name)}")
+    if not 0.0 <= args.ema_decay < 1.0:
+        parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     if args.resume is None:
         return args
     shadow = build_parser()
@@ -523,7 +532,7 @@ def _report(summary: Dict[str, Any]) -> str:
         f"done: step {summary['steps']} ({summary['steps_this_run']} this run) in {summary['wall_s']:.1f} s "
         f"(training steps {summary['train_s']:.1f} s)",
         f"throughput: {ips:.1f} images/s ({summary['images_per_s_note']}); attention {summary['attention_impl']} "
-        f"({summary['attn_variant']}), {summary['device']}, {summary['threads']} threads, amp {summary['amp']}"
+        f"({summary['attn_variant']}), {summary['device']}, threads {summary['threads']}, amp {summary['amp']}"
         if ips else "throughput: no step run",
         f"peak memory: {summary['peak_memory_mib']:.1f} MiB ({summary['memory_note']}; "
         f"{summary['baseline_memory_mib']:.1f} MiB before the first step)",

@@ -137,7 +137,8 @@ def test_conditional_batch_norm():
         cbn.bias.weight[1] = torch.tensor([0.5, 0.0, -1.0])
     out = cbn(x, y)
     torch.testing.assert_close(out[0::2], plain[0::2])
-    expected = plain[1::2] * torch.tensor([2.0, 3.0, 4.0])[:, None, None] + torch.tensor([0.5, 0.0, -1.0])[:, None, None]
+    gain, bias = torch.tensor([2.0, 3.0, 4.0])[:, None, None], torch.tensor([0.5, 0.0, -1.0])[:, None, None]
+    expected = plain[1::2] * gain + bias
     torch.testing.assert_close(out[1::2], expected)
     with pytest.raises(ValueError, match="labels y are required"):
         cbn(x)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -124,7 +125,8 @@ def test_resume_gives_the_uninterrupted_run(tmp_path, loss, attention, variant):
     common = ["--loss", loss, "--attention", attention, "--attn-variant", variant, "--sample-every", "0"]
     _train(tmp_path / "straight", "--steps", "4", *common)
     _train(tmp_path / "split", "--steps", "2", *common)
-    summary = _train(tmp_path / "split", "--steps", "4", "--resume", str(tmp_path / "split" / "checkpoints" / "last.pt"))
+    checkpoint = tmp_path / "split" / "checkpoints" / "last.pt"
+    summary = _train(tmp_path / "split", "--steps", "4", "--resume", str(checkpoint))
     assert summary["steps"] == 4 and summary["steps_this_run"] == 2
     straight, split = _checkpoint(tmp_path / "straight"), _checkpoint(tmp_path / "split")
     assert split["step"] == 4 and split["args"]["loss"] == loss  # the arguments came from the checkpoint
@@ -233,6 +235,7 @@ def test_image_folder_without_classes(tmp_path):
 
 
 def test_command_line(tmp_path):
+    """``python -m sagan_attn.train`` in a fresh process."""
     env = dict(os.environ)
     package_root = str(Path(sagan_attn.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
@@ -241,6 +244,17 @@ def test_command_line(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "images/s" in proc.stdout and (tmp_path / "checkpoints" / "last.pt").exists()
-    proc = subprocess.run([sys.executable, str(REPO / "examples" / "train_sagan.py"), "--help"],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0 and "--attention" in proc.stdout, proc.stderr
+
+
+def test_example_script(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["train_sagan.py", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO / "examples" / "train_sagan.py"), run_name="__main__")
+    assert exit_info.value.code == 0 and "--attention" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_rejected(capsys):
+    for argv in (["--batch-size", "0"], ["--ema-decay", "1.5"], ["--steps", "-1"], ["--g-attn-res", "x"]):
+        with pytest.raises(SystemExit):
+            train.parse_args(argv)
+    assert "must be" in capsys.readouterr().err
