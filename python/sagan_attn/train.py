@@ -6,9 +6,10 @@ trains on any folder of images. ``--attention fused|notebook`` picks the attenti
 op or the bmm baseline; the same parameters, so checkpoints load into either) and the run reports images/s
 and peak memory, in the progress bar and at the end.
 
-Defaults are the paper's: hinge loss, TTUR (Adam, lr_G 1e-4, lr_D 4e-4, betas (0, 0.9)), one D step per
+The recipe is the paper's: hinge loss, TTUR (Adam, lr_G 1e-4, lr_D 4e-4, betas (0, 0.9)), one D step per
 G step, spectral norm in both networks, conditional batch norm in G and a projection discriminator; plus an
-EMA of G's weights, which draws the samples.
+EMA of G's weights, which draws the samples. The default width is small for the CPU (``--ch 16``; SAGAN
+uses 64). On a CPU shared with other jobs, ``--threads 1`` avoids OpenMP threads spinning against them.
 
 Output folder (``--out``):
     samples/step_NNNNNN.png     a grid of EMA-generator samples for a fixed set of latents (a column per
