@@ -66,6 +66,13 @@ def test_smoke(tmp_path, loss, variant, attention):
     assert set(ckpt) >= {"G", "D", "G_ema", "opt_G", "opt_D", "rng", "args"}
 
 
+def test_several_discriminator_steps(tmp_path):
+    summary = _train(tmp_path, "--steps", "2", "--sample-every", "0", "--n-dis", "2", "--unlabelled")
+    assert summary["steps"] == 2
+    assert _checkpoint(tmp_path)["opt_D"]["state"][0]["step"].item() == 4  # two D updates per step
+    assert _checkpoint(tmp_path)["opt_G"]["state"][0]["step"].item() == 2
+
+
 def test_figures_summary_and_report(tmp_path, capsys):
     summary = _train(tmp_path, "--steps", "2", "--sample-every", "1")
     out = capsys.readouterr().out
