@@ -208,6 +208,16 @@ def _grads_and_y(inputs, scale=1.0, grad_y=None, seed=99):
     return [y.detach()] + [t.grad if t is not None else None for t in ins]
 
 
+def _grads_of_views(tensors, scale=1.0, seed=99):
+    """Like _grads_and_y, but passes the tensors to the op as they are: views of a leaf keep their
+    strides (leaves() would clone them into contiguous tensors)."""
+    y = OP(*tensors, scale)
+    grad_y = random_grad(y.shape, y.dtype, seed=seed)
+    present = [t for t in tensors if t is not None]
+    grads = iter(torch.autograd.grad(y, present, grad_y))
+    return [y.detach()] + [next(grads) if t is not None else None for t in tensors]
+
+
 def _assert_all_equal(a, b, what):
     for name, u, v in zip(RESULT_NAMES, a, b):
         if u is None or v is None:
@@ -222,13 +232,13 @@ def test_channel_slices_of_one_projection(dtype):
     channel and batch strides that differ from the contiguous ones."""
     B, Cqk, Cv, N = 2, 8, 24, 150
     gen = torch.Generator().manual_seed(4)
-    fused = torch.randn(B, 2 * Cqk + Cv, N, generator=gen, dtype=torch.float64).to(dtype)
+    fused = torch.randn(B, 2 * Cqk + Cv, N, generator=gen, dtype=torch.float64).to(dtype).requires_grad_(True)
     f, g, h = fused[:, :Cqk], fused[:, Cqk : 2 * Cqk], fused[:, 2 * Cqk :]
-    x = torch.randn(B, Cv, N, generator=gen, dtype=torch.float64).to(dtype)
-    gamma = torch.tensor(0.6, dtype=dtype)
-    assert not f.is_contiguous() and f.stride(2) == 1
-    strided = _grads_and_y((f, g, h, x, gamma))
-    contiguous = _grads_and_y((f.contiguous(), g.contiguous(), h.contiguous(), x, gamma))
+    x = torch.randn(B, Cv, N, generator=gen, dtype=torch.float64).to(dtype).requires_grad_(True)
+    gamma = torch.tensor(0.6, dtype=dtype, requires_grad=True)
+    assert not f.is_contiguous() and f.stride(2) == 1 and f.stride(0) == (2 * Cqk + Cv) * N
+    strided = _grads_of_views((f, g, h, x, gamma))
+    contiguous = _grads_and_y(tuple(t.detach().contiguous() for t in (f, g, h, x, gamma)))
     _assert_all_equal(strided, contiguous, "channel slices")
     check_against_oracle(Inputs(f, g, h, x, gamma), 1.0, dtype, what="channel slices: ")
 
@@ -254,14 +264,14 @@ def test_batch_and_channel_broadcast_inputs():
     """Expanded inputs (stride 0): keys/values shared over the batch, f broadcast over channels."""
     B, Cqk, Cv, Nq, Nk = 3, 5, 9, 80, 140
     gen = torch.Generator().manual_seed(9)
-    f = torch.randn(B, 1, Nq, generator=gen).expand(B, Cqk, Nq)
-    g = torch.randn(1, Cqk, Nk, generator=gen).expand(B, Cqk, Nk)
-    h = torch.randn(1, Cv, Nk, generator=gen).expand(B, Cv, Nk)
-    x = torch.randn(B, Cv, Nq, generator=gen)
-    gamma = torch.tensor(0.8)
+    f = torch.randn(B, 1, Nq, generator=gen).requires_grad_(True).expand(B, Cqk, Nq)
+    g = torch.randn(1, Cqk, Nk, generator=gen).requires_grad_(True).expand(B, Cqk, Nk)
+    h = torch.randn(1, Cv, Nk, generator=gen).requires_grad_(True).expand(B, Cv, Nk)
+    x = torch.randn(B, Cv, Nq, generator=gen).requires_grad_(True)
+    gamma = torch.tensor(0.8, requires_grad=True)
     assert g.stride(0) == 0 and f.stride(1) == 0
-    strided = _grads_and_y((f, g, h, x, gamma))
-    contiguous = _grads_and_y((f.contiguous(), g.contiguous(), h.contiguous(), x, gamma))
+    strided = _grads_of_views((f, g, h, x, gamma))
+    contiguous = _grads_and_y(tuple(t.detach().contiguous() for t in (f, g, h, x, gamma)))
     _assert_all_equal(strided, contiguous, "expanded inputs")
 
 
