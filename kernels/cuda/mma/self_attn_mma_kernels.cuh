@@ -587,7 +587,9 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_df_mma_kernel(const Bw
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Launchers (one instantiation per dtype x kCqk, in instantiations/).
+// Launchers (one instantiation per dtype x kCqk, in instantiations/). nvcc only: the host emulation
+// (g++, kernels/cuda/mma/host_emulation) runs the kernels above block by block itself.
+#if defined(__CUDACC__)
 
 template <typename Kernel>
 cudaError_t set_smem(Kernel kernel, size_t bytes) {
@@ -642,5 +644,7 @@ cudaError_t launch_bwd(const BwdArgs& args, cudaStream_t stream) {
   }
   return cudaSuccess;
 }
+
+#endif  // __CUDACC__
 
 }  // namespace sagan::kernels::cuda::mma

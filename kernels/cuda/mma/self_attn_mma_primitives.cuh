@@ -10,6 +10,9 @@
 // .trans lane i receives M[i/4][2(i%4)..+1]; with .trans it receives M[2(i%4)..+1][i/4] (column pairs).
 // Every smem tile is row-major with a row stride (ld) that is a multiple of 8 elements and 16 bytes
 // more than a power of two, so the 8 rows of one ldmatrix matrix hit different bank groups.
+//
+// SAGAN_CUDA_HOST_EMULATION (tests only, g++): the PTX instructions below run on the CPU emulator of
+// kernels/cuda/mma/host_emulation instead; the device code is the other branch of each #if.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -17,6 +20,10 @@
 
 #include <cstdint>
 #include <cstring>
+
+#if defined(SAGAN_CUDA_HOST_EMULATION)
+#include "kernels/cuda/mma/host_emulation/mma_host_emulation.h"
+#endif
 
 namespace sagan::kernels::cuda::mma {
 
@@ -37,7 +44,9 @@ struct Elem<__half> {
   // d += a * b on tensor cores.
   static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#if defined(SAGAN_CUDA_HOST_EMULATION)
+    ::emu::mma_m16n8k16(d, a, b0, b1, /*bf16=*/false);
+#elif !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
@@ -62,7 +71,9 @@ struct Elem<__nv_bfloat16> {
   }
   static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#if defined(SAGAN_CUDA_HOST_EMULATION)
+    ::emu::mma_m16n8k16(d, a, b0, b1, /*bf16=*/true);
+#elif !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
@@ -75,19 +86,31 @@ struct Elem<__nv_bfloat16> {
 };
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
+#if defined(SAGAN_CUDA_HOST_EMULATION)
+  return ::emu::smem_offset(p);
+#else
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+#endif
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+#if defined(SAGAN_CUDA_HOST_EMULATION)
+  ::emu::ldmatrix_x4(r, p, /*trans=*/false);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(p)));
+#endif
 }
 
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+#if defined(SAGAN_CUDA_HOST_EMULATION)
+  ::emu::ldmatrix_x4(r, p, /*trans=*/true);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(p)));
+#endif
 }
 
 // A fragment of the 16x16 block (rows m0.., cols k0..) of A, from a tile stored s[k][m] (A^T row-major,
@@ -133,16 +156,30 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c)[kNTi
 
 __device__ __forceinline__ void cp_async_16(void* s, const void* g, bool valid) {
   // src-size 0 reads nothing and zero-fills the 16 bytes; g is then any valid address.
+#if defined(SAGAN_CUDA_HOST_EMULATION)
+  ::emu::cp_async_16(s, g, valid);
+#else
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(s)), "l"(g),
                "r"(valid ? 16 : 0)
                : "memory");
+#endif
 }
 
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(SAGAN_CUDA_HOST_EMULATION)
+  ::emu::cp_async_commit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
 
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
+#if defined(SAGAN_CUDA_HOST_EMULATION)
+  ::emu::cp_async_wait(kPending);
+#else
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+#endif
 }
 
 // Loads rows [0, kRows) x cols [0, kCols) of a global matrix (row stride `stride`, columns contiguous,
