@@ -30,6 +30,8 @@ step() {  # step NAME COMMAND...: runs, logs to $OUT/NAME.log, remembers the fir
   return $rc
 }
 { nvidia-smi; "$PY" -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; git rev-parse HEAD; } > "$OUT/env.log" 2>&1
+# First: do mma.sync / ldmatrix behave as the host emulation assumes (bitwise, one warp)?
+step ptx_semantics bash -c "nvcc -std=c++17 -arch=sm_${TORCH_CUDA_ARCH_LIST//./} -I. kernels/cuda/mma/host_emulation/mma_ptx_semantics_check.cu -o /tmp/mma_ptx_check && /tmp/mma_ptx_check"
 step build "$PY" -m pip install --no-build-isolation --no-deps -v -e . || exit 1
 step pytest_cuda "$PY" -m pytest tests/python/test_cuda.py -q -ra
 step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" tests/cuda/sanitize_case.py
