@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU benchmark of record: bench/sweep.py on the CPU in float32 (the model shapes at a 16th of their
 # GPU batch, the CPU target N=4096 B=4 C=64, the scaling sweep N=1024..16384 at B=1 C=128), written to
-# bench/results/cpu-<date>.{json,md} and .png plots. About 20 minutes on 2 cores.
+# bench/results/cpu-<date>.{json,md} and .png plots. About 10 minutes on 2 quiet cores.
 # Run from a clean commit on a quiet machine (the record notes the load average; medians on a busy one
 # swing). Usage: bash bench/run_cpu.sh [extra sweep flags, e.g. --quick or --only 'cpu-target,scaling']
 set -euo pipefail
