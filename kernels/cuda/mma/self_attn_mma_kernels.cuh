@@ -32,7 +32,8 @@ inline constexpr int kThreads = 128;  // 4 warps
 inline constexpr int kTile = 64;      // queries and keys per tile, value channels per chunk
 inline constexpr int kLd = kTile + 8; // smem row stride of T tiles (144 bytes)
 inline constexpr int kLdF = kTile + 4;  // smem row stride of float staging tiles
-inline constexpr float kLog2e = 1.4426950408889634f;
+// Scores are handled in base 2 (exp2f), as in the SIMT kernels: see ExpBase in self_attn_cuda_common.cuh.
+inline constexpr float kLog2e = static_cast<float>(ExpBase<float>::kFromNatural);
 
 // Whether a (B, rows, N) tensor's tiles can be loaded with 16-byte cp.async.
 inline bool tiles_aligned(const void* ptr, int64_t sb, int64_t sc, int64_t n) {
@@ -45,7 +46,7 @@ constexpr size_t smem_bytes(size_t tiles, size_t staging) { return tiles > stagi
 
 template <typename T>
 __device__ __forceinline__ float read_gamma(const void* gamma) {
-  return Elem<T>::to_float(*static_cast<const T*>(gamma));
+  return convert<float>(*static_cast<const T*>(gamma));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -138,7 +139,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_fwd_mma_kernel(const FwdAr
     float ref[2], alpha[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const float m_new = fmaxf(m[r], quad_max(mx[r]));
+      const float m_new = fmaxf(m[r], warp_allreduce_max<4>(mx[r]));
       ref[r] = m_new == -INFINITY ? 0.f : m_new;
       alpha[r] = exp2f(m[r] - ref[r]);
       m[r] = m_new;
@@ -169,7 +170,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_fwd_mma_kernel(const FwdAr
   float inv[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    l[r] = quad_sum(l[r]);
+    l[r] = warp_allreduce_sum<4>(l[r]);
     inv[r] = 1.f / l[r];
   }
   if (blockIdx.y == 0 && tq == 0) {
@@ -178,7 +179,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_fwd_mma_kernel(const FwdAr
       const int q = q0 + warp * 16 + gr + 8 * r;
       if (q < Nq) {
         const double ref_r = m[r] == -INFINITY ? 0.0 : static_cast<double>(m[r]);
-        p.lse[b * p.Nq + q] = (ref_r + log2(static_cast<double>(l[r]))) * 0.6931471805599453;
+        p.lse[b * p.Nq + q] = (ref_r + ExpBase<float>::log(static_cast<double>(l[r]))) * ExpBase<float>::kToNatural;
       }
     }
   }
@@ -196,9 +197,9 @@ __global__ void __launch_bounds__(kThreads) self_attn_fwd_mma_kernel(const FwdAr
     const float ov = sO[c * kLdF + q];
     const int64_t idx = (b * p.Cv + c0 + c) * p.Nq + q0 + q;
     float yv = gamma * ov;
-    if (x != nullptr) yv += Elem<T>::to_float(x[b * p.x_sb + (c0 + c) * p.x_sc + q0 + q]);
-    o[idx] = Elem<T>::from_float(ov);
-    y[idx] = Elem<T>::from_float(yv);
+    if (x != nullptr) yv += convert<float>(x[b * p.x_sb + (c0 + c) * p.x_sc + q0 + q]);
+    o[idx] = convert<T>(ov);
+    y[idx] = convert<T>(yv);
   }
 }
 
@@ -214,9 +215,7 @@ __device__ __forceinline__ void stage_row_stats(float* s_lse_hi, float* s_lse_lo
     const int64_t q = q0 + i;
     float hi = 0.f, lo = 0.f, d = 0.f;
     if (q < p.Nq) {
-      const double L = p.lse[b * p.Nq + q];
-      hi = static_cast<float>(L);
-      lo = static_cast<float>(L - static_cast<double>(hi));
+      split_lse(p.lse[b * p.Nq + q], hi, lo);
       d = static_cast<const float*>(args.delta)[b * p.Nq + q];
     }
     s_lse_hi[i] = hi;
@@ -225,9 +224,10 @@ __device__ __forceinline__ void stage_row_stats(float* s_lse_hi, float* s_lse_lo
   }
 }
 
-// p = exp(scale s - lse) with lse = hi + lo: (scale s - hi) is exact for large logits near lse.
-__device__ __forceinline__ float prob(float s, float scale, float hi, float lo) {
-  return exp2f(((s * scale - hi) - lo) * kLog2e);
+// p = exp(scale s - lse) in base 2, with lse (log2 units) = hi + lo: the scaled score is computed as in
+// the forward (s * scale log2 e), and (that - hi) is exact for large logits near lse.
+__device__ __forceinline__ float prob(float s, float scale_log2, float hi, float lo) {
+  return exp2f((s * scale_log2 - hi) - lo);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_dh_mma_kernel(const Bw
   const int k0 = blockIdx.x * kTile, c0 = blockIdx.y * kTile;
   const int Nq = static_cast<int>(p.Nq), Nk = static_cast<int>(p.Nk);
   const int Cqk = static_cast<int>(p.Cqk), Cv = static_cast<int>(p.Cv);
-  const float scale = static_cast<float>(p.scale);
+  const float scale = static_cast<float>(p.scale), scale_log2 = scale * kLog2e;
 
   const T* f = static_cast<const T*>(p.f) + b * p.f_sb;
   const T* g = static_cast<const T*>(p.g) + b * p.g_sb + k0;
@@ -296,7 +296,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_dh_mma_kernel(const Bw
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int q = nt * 8 + 2 * tq + (e & 1), key = warp * 16 + gr + 8 * (e >> 1);
-        s[nt][e] = (q0 + q < Nq && k0 + key < Nk) ? prob(s[nt][e], scale, s_hi[q], s_lo[q]) : 0.f;
+        s[nt][e] = (q0 + q < Nq && k0 + key < Nk) ? prob(s[nt][e], scale_log2, s_hi[q], s_lo[q]) : 0.f;
       }
     }
     // dh^T (16 keys x 64 channels) += P^T (16 x 64 queries) dy^T; sDy holds dy as [channel][query].
@@ -311,7 +311,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_dh_mma_kernel(const Bw
   for (int i = threadIdx.x; i < kTile * kTile; i += kThreads) {
     const int c = i / kTile, key = i % kTile;
     if (c0 + c < Cv && k0 + key < Nk)
-      dh[(b * p.Cv + c0 + c) * p.Nk + k0 + key] = Elem<T>::from_float(sOut[c * kLdF + key]);
+      dh[(b * p.Cv + c0 + c) * p.Nk + k0 + key] = convert<T>(sOut[c * kLdF + key]);
   }
 }
 
@@ -350,7 +350,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_dg_mma_kernel(const Bw
   const int k0 = blockIdx.x * kTile;
   const int Nq = static_cast<int>(p.Nq), Nk = static_cast<int>(p.Nk);
   const int Cqk = static_cast<int>(p.Cqk), Cv = static_cast<int>(p.Cv);
-  const float scale = static_cast<float>(p.scale);
+  const float scale = static_cast<float>(p.scale), scale_log2 = scale * kLog2e;
 
   const T* f = static_cast<const T*>(p.f) + b * p.f_sb;
   const T* g = static_cast<const T*>(p.g) + b * p.g_sb + k0;
@@ -413,7 +413,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_dg_mma_kernel(const Bw
       for (int e = 0; e < 4; ++e) {
         const int q = nt * 8 + 2 * tq + (e & 1), key = warp * 16 + gr + 8 * (e >> 1);
         ds[nt][e] = (q0 + q < Nq && k0 + key < Nk)
-                        ? prob(ds[nt][e], scale, s_hi[q], s_lo[q]) * (dp[nt][e] - s_delta[q])
+                        ? prob(ds[nt][e], scale_log2, s_hi[q], s_lo[q]) * (dp[nt][e] - s_delta[q])
                         : 0.f;
       }
     }
@@ -469,7 +469,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_dg_mma_kernel(const Bw
   for (int i = threadIdx.x; i < kCqk * kTile; i += kThreads) {
     const int c = i / kTile, key = i % kTile;
     if (c < Cqk && k0 + key < Nk)
-      dg[(b * p.Cqk + c) * p.Nk + k0 + key] = Elem<T>::from_float(sOut[c * kLdF + key]);
+      dg[(b * p.Cqk + c) * p.Nk + k0 + key] = convert<T>(sOut[c * kLdF + key]);
   }
 }
 
@@ -505,7 +505,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_df_mma_kernel(const Bw
   const int q0 = blockIdx.x * kTile;
   const int Nq = static_cast<int>(p.Nq), Nk = static_cast<int>(p.Nk);
   const int Cqk = static_cast<int>(p.Cqk), Cv = static_cast<int>(p.Cv);
-  const float scale = static_cast<float>(p.scale);
+  const float scale = static_cast<float>(p.scale), scale_log2 = scale * kLog2e;
 
   const T* f = static_cast<const T*>(p.f) + b * p.f_sb + q0;
   const T* g = static_cast<const T*>(p.g) + b * p.g_sb;
@@ -566,7 +566,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_df_mma_kernel(const Bw
       for (int e = 0; e < 4; ++e) {
         const int q = warp * 16 + gr + 8 * (e >> 1), key = nt * 8 + 2 * tq + (e & 1);
         ds[nt][e] = (q0 + q < Nq && k0 + key < Nk)
-                        ? prob(ds[nt][e], scale, s_hi[q], s_lo[q]) * (dp[nt][e] - s_delta[q])
+                        ? prob(ds[nt][e], scale_log2, s_hi[q], s_lo[q]) * (dp[nt][e] - s_delta[q])
                         : 0.f;
       }
     }
@@ -582,7 +582,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_df_mma_kernel(const Bw
   for (int i = threadIdx.x; i < kCqk * kTile; i += kThreads) {
     const int c = i / kTile, q = i % kTile;
     if (c < Cqk && q0 + q < Nq)
-      df[(b * p.Cqk + c) * p.Nq + q0 + q] = Elem<T>::from_float(sOut[c * kLdF + q]);
+      df[(b * p.Cqk + c) * p.Nq + q0 + q] = convert<T>(sOut[c * kLdF + q]);
   }
 }
 

@@ -24,6 +24,7 @@
 #if defined(SAGAN_CUDA_HOST_EMULATION)
 #include "kernels/cuda/mma/host_emulation/mma_host_emulation.h"
 #endif
+#include "kernels/cuda/self_attn_cuda_common.cuh"
 
 namespace sagan::kernels::cuda::mma {
 
@@ -32,9 +33,6 @@ struct Elem;
 
 template <>
 struct Elem<__half> {
-  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-  static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
-  static __device__ __forceinline__ __half zero() { return __float2half_rn(0.f); }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     const __half2 v = __floats2half2_rn(lo, hi);
     uint32_t r;
@@ -60,9 +58,6 @@ struct Elem<__half> {
 
 template <>
 struct Elem<__nv_bfloat16> {
-  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
-  static __device__ __forceinline__ __nv_bfloat16 zero() { return __float2bfloat16_rn(0.f); }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     uint32_t r;
@@ -209,7 +204,7 @@ __device__ __forceinline__ void load_tile(T* s, const T* src, int64_t stride, in
       const int i = it * kThreads + static_cast<int>(threadIdx.x);
       if (kElems % kThreads != 0 && i >= kElems) break;
       const int r = i / kCols, c = i % kCols;
-      s[r * kLd + c] = (r < rows_valid && c < cols_valid) ? src[r * stride + c] : Elem<T>::zero();
+      s[r * kLd + c] = (r < rows_valid && c < cols_valid) ? src[r * stride + c] : convert<T>(0.f);
     }
   }
 }
@@ -264,16 +259,6 @@ __device__ __forceinline__ void stage_transposed(float* s, int ld, const float (
     s[col * ld + row + 8] = c[nt][2] * mul1;
     s[(col + 1) * ld + row + 8] = c[nt][3] * mul1;
   }
-}
-
-__device__ __forceinline__ float quad_max(float v) {
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-
-__device__ __forceinline__ float quad_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
 }  // namespace sagan::kernels::cuda::mma
