@@ -6,16 +6,14 @@
 #include <torch/library.h>
 
 #include "csrc/self_attn_check.h"
+#include "csrc/self_attn_kernel_args.h"
 #include "kernels/cpu/self_attn_cpu.h"
 
 namespace sagan {
 namespace {
 
-// The kernels need the N (last) dimension contiguous; any other strides are passed through.
 at::Tensor to_kernel_layout(const at::Tensor& t, at::ScalarType compute) {
-  at::Tensor u = t.to(compute);
-  if (u.size(2) > 1 && u.stride(2) != 1) u = u.contiguous();
-  return u;
+  return n_contiguous(t.to(compute));
 }
 
 kernels::ParallelFor aten_parallel_for() {
@@ -35,22 +33,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd_cpu(
   at::Tensor x;
   if (x_in.has_value()) x = to_kernel_layout(*x_in, compute);
 
-  const int64_t B = f.size(0), Cqk = f.size(1), Nq = f.size(2), Nk = g.size(2), Cv = h.size(1);
+  const int64_t B = f.size(0), Nq = f.size(2), Cv = h.size(1);
   auto opts = f.options().dtype(compute);
   at::Tensor y = at::empty({B, Cv, Nq}, opts), o = at::empty({B, Cv, Nq}, opts),
              lse = at::empty({B, Nq}, opts.dtype(kSelfAttnLseDtype));
 
-  kernels::SelfAttnFwdParams p;
-  p.B = B; p.Cqk = Cqk; p.Cv = Cv; p.Nq = Nq; p.Nk = Nk;
-  p.f = f.const_data_ptr(); p.f_sb = f.stride(0); p.f_sc = f.stride(1);
-  p.g = g.const_data_ptr(); p.g_sb = g.stride(0); p.g_sc = g.stride(1);
-  p.h = h.const_data_ptr(); p.h_sb = h.stride(0); p.h_sc = h.stride(1);
-  if (x.defined()) {
-    p.x = x.const_data_ptr(); p.x_sb = x.stride(0); p.x_sc = x.stride(1);
-  }
-  p.y = y.mutable_data_ptr(); p.o = o.mutable_data_ptr(); p.lse = lse.mutable_data_ptr<double>();
+  kernels::SelfAttnFwdParams p = fwd_params(f, g, h, x, y, o, lse, scale);
   p.gamma = gamma.item<double>();
-  p.scale = scale;
   if (compute == at::kDouble) {
     kernels::cpu::self_attn_fwd<double>(p, aten_parallel_for());
   } else {
@@ -76,18 +65,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cp
              dh = at::empty({B, Cv, Nk}, opts);
   double dgamma = 0.0;
 
-  kernels::SelfAttnBwdParams p;
-  p.B = B; p.Cqk = Cqk; p.Cv = Cv; p.Nq = Nq; p.Nk = Nk;
-  p.dy = dy.const_data_ptr(); p.dy_sb = dy.stride(0); p.dy_sc = dy.stride(1);
-  p.f = f.const_data_ptr(); p.f_sb = f.stride(0); p.f_sc = f.stride(1);
-  p.g = g.const_data_ptr(); p.g_sb = g.stride(0); p.g_sc = g.stride(1);
-  p.h = h.const_data_ptr(); p.h_sb = h.stride(0); p.h_sc = h.stride(1);
+  kernels::SelfAttnBwdParams p = bwd_params(dy, f, g, h, lse, df, dg, dh, scale);
   p.o = o.const_data_ptr(); p.o_sb = o.stride(0); p.o_sc = o.stride(1);
-  p.lse = lse.const_data_ptr<double>();
-  p.df = df.mutable_data_ptr(); p.dg = dg.mutable_data_ptr(); p.dh = dh.mutable_data_ptr();
   p.dgamma = &dgamma;
   p.gamma = gamma.item<double>();
-  p.scale = scale;
   if (compute == at::kDouble) {
     kernels::cpu::self_attn_bwd<double>(p, aten_parallel_for());
   } else {

@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "csrc/self_attn_check.h"
+#include "csrc/self_attn_kernel_args.h"
 #include "kernels/cuda/self_attn_cuda.h"
 
 namespace sagan {
@@ -32,11 +33,6 @@ kc::DType kernel_dtype(at::ScalarType t) {
     case at::kDouble: return kc::DType::kFloat64;
     default: TORCH_CHECK_TYPE(false, "self_attn: unsupported dtype ", t);
   }
-}
-
-// The kernels need the N (last) dimension contiguous; batch and channel strides are passed through.
-at::Tensor to_kernel_layout(const at::Tensor& t) {
-  return (t.size(2) > 1 && t.stride(2) != 1) ? t.contiguous() : t;
 }
 
 // Only c10/cuda headers here: ATen/cuda/CUDAContext.h pulls in cuBLAS/cuSPARSE headers that a
@@ -56,26 +52,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd_cuda(
     const std::optional<at::Tensor>& x_in, const at::Tensor& gamma_in, double scale) {
   check_self_attn_args(f_in, g_in, h_in, x_in, gamma_in, scale);
   const c10::cuda::CUDAGuard guard(f_in.device());
-  const at::Tensor f = to_kernel_layout(f_in), g = to_kernel_layout(g_in), h = to_kernel_layout(h_in);
+  const at::Tensor f = n_contiguous(f_in), g = n_contiguous(g_in), h = n_contiguous(h_in);
   const at::Tensor gamma = gamma_in.contiguous();
   at::Tensor x;
-  if (x_in.has_value()) x = to_kernel_layout(*x_in);
+  if (x_in.has_value()) x = n_contiguous(*x_in);
 
-  const int64_t B = f.size(0), Cqk = f.size(1), Nq = f.size(2), Nk = g.size(2), Cv = h.size(1);
+  const int64_t B = f.size(0), Cqk = f.size(1), Nq = f.size(2), Cv = h.size(1);
   at::Tensor y = at::empty({B, Cv, Nq}, f.options()), o = at::empty({B, Cv, Nq}, f.options()),
              lse = at::empty({B, Nq}, f.options().dtype(kSelfAttnLseDtype));
 
   kc::FwdArgs a;
-  auto& p = a.p;
-  p.B = B; p.Cqk = Cqk; p.Cv = Cv; p.Nq = Nq; p.Nk = Nk;
-  p.f = f.const_data_ptr(); p.f_sb = f.stride(0); p.f_sc = f.stride(1);
-  p.g = g.const_data_ptr(); p.g_sb = g.stride(0); p.g_sc = g.stride(1);
-  p.h = h.const_data_ptr(); p.h_sb = h.stride(0); p.h_sc = h.stride(1);
-  if (x.defined()) {
-    p.x = x.const_data_ptr(); p.x_sb = x.stride(0); p.x_sc = x.stride(1);
-  }
-  p.y = y.mutable_data_ptr(); p.o = o.mutable_data_ptr(); p.lse = lse.mutable_data_ptr<double>();
-  p.scale = scale;
+  a.p = fwd_params(f, g, h, x, y, o, lse, scale);
   a.gamma = gamma.const_data_ptr();
 
   const kc::DType dtype = kernel_dtype(f.scalar_type());
@@ -91,8 +78,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cu
     const at::Tensor& gamma_in, double scale) {
   check_self_attn_backward_args(grad_y_in, f_in, g_in, h_in, o_in, lse_in, gamma_in, scale);
   const c10::cuda::CUDAGuard guard(f_in.device());
-  const at::Tensor dy = to_kernel_layout(grad_y_in), f = to_kernel_layout(f_in),
-                   g = to_kernel_layout(g_in), h = to_kernel_layout(h_in);
+  const at::Tensor dy = n_contiguous(grad_y_in), f = n_contiguous(f_in),
+                   g = n_contiguous(g_in), h = n_contiguous(h_in);
   const at::Tensor lse = lse_in.contiguous(), gamma = gamma_in.contiguous();
   const auto dtype = f.scalar_type();
   const auto acc = self_attn_accum_type(dtype);
@@ -110,15 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cu
   if (!deterministic) df_accum = at::zeros({B, Cqk, Nq}, f.options().dtype(acc));
 
   kc::BwdArgs a;
-  auto& p = a.p;
-  p.B = B; p.Cqk = Cqk; p.Cv = Cv; p.Nq = Nq; p.Nk = Nk;
-  p.dy = dy.const_data_ptr(); p.dy_sb = dy.stride(0); p.dy_sc = dy.stride(1);
-  p.f = f.const_data_ptr(); p.f_sb = f.stride(0); p.f_sc = f.stride(1);
-  p.g = g.const_data_ptr(); p.g_sb = g.stride(0); p.g_sc = g.stride(1);
-  p.h = h.const_data_ptr(); p.h_sb = h.stride(0); p.h_sc = h.stride(1);
-  p.lse = lse.const_data_ptr<double>();
-  p.df = df.mutable_data_ptr(); p.dg = dg.mutable_data_ptr(); p.dh = dh.mutable_data_ptr();
-  p.scale = scale;
+  a.p = bwd_params(dy, f, g, h, lse, df, dg, dh, scale);
   a.gamma = gamma.const_data_ptr();
   a.delta = delta.const_data_ptr();
   a.df_accum = df_accum.defined() ? df_accum.mutable_data_ptr() : nullptr;
