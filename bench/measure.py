@@ -188,14 +188,9 @@ def matmul_tflops(dtype: torch.dtype, device: str, target_s: float = 0.2, repeat
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+    from sagan_attn.demo import cpu_model
+
+    return cpu_model() or platform.processor() or "cpu"
 
 
 def git_state(path: str) -> dict:

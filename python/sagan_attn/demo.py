@@ -644,9 +644,8 @@ def _git_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def _device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
+def cpu_model() -> Optional[str]:
+    """The CPU's model name from /proc/cpuinfo, or None where there is none (the bench records it too)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
@@ -654,7 +653,13 @@ def _device_name(device: str) -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return "cpu"
+    return None
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return cpu_model() or "cpu"
 
 
 def _write_record(path: str, cfg: Config, accs: Sequence[Accuracy], rows: Sequence[Row]) -> None:
