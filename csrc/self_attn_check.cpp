@@ -3,6 +3,7 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <limits>
 
 namespace sagan {
 namespace {
@@ -32,7 +33,31 @@ void check_same_dtype_device(const at::Tensor& ref, const at::Tensor& t, const c
               " like f, got ", t.device());
 }
 
+void check_dense(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(!t.is_nested(), "self_attn: ", name,
+                    " is a nested tensor; self_attn takes dense (strided) tensors of shape (B, C, N): "
+                    "call it once per image size, or stack images of one size into a batch");
+  TORCH_CHECK_VALUE(t.layout() == at::kStrided, "self_attn: ", name,
+                    " must be a dense (strided) tensor, got layout ", t.layout(),
+                    " (call .to_dense() first)");
+}
+
 }  // namespace
+
+void check_self_attn_layouts(const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
+                             const std::optional<at::Tensor>& x, const at::Tensor& gamma) {
+  check_dense(f, "f");
+  check_dense(g, "g");
+  check_dense(h, "h");
+  if (x.has_value()) check_dense(*x, "x");
+  check_dense(gamma, "gamma");
+}
+
+double self_attn_max_scale(at::ScalarType dtype) {
+  constexpr double kLog2e = 1.4426950408889634074;
+  return dtype == at::kDouble ? std::numeric_limits<double>::max()
+                              : static_cast<double>(std::numeric_limits<float>::max()) / kLog2e;
+}
 
 at::ScalarType self_attn_accum_type(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
@@ -40,6 +65,7 @@ at::ScalarType self_attn_accum_type(at::ScalarType dtype) {
 
 void check_self_attn_args(const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
                           const std::optional<at::Tensor>& x, const at::Tensor& gamma, double scale) {
+  check_self_attn_layouts(f, g, h, x, gamma);
   TORCH_CHECK_TYPE(is_supported_dtype(f.scalar_type()),
                    "self_attn: f must have a floating dtype (float32, float64, bfloat16 or "
                    "float16), got ",
@@ -71,6 +97,12 @@ void check_self_attn_args(const at::Tensor& f, const at::Tensor& g, const at::Te
                     "self_attn: gamma must have exactly one element (a scalar, shape () or (1,)), got shape ",
                     gamma.sym_sizes());
   TORCH_CHECK_VALUE(std::isfinite(scale), "self_attn: scale must be finite, got ", scale);
+  // Checked in the precision it is used in: 1e39 is finite here but inf in float32.
+  const double max_scale = self_attn_max_scale(f.scalar_type());
+  TORCH_CHECK_VALUE(std::abs(scale) <= max_scale, "self_attn: scale must satisfy |scale| <= ",
+                    max_scale, " for ", f.scalar_type(), " inputs (the kernels compute in ",
+                    self_attn_accum_type(f.scalar_type()),
+                    " and fold log2(e) into scale), got ", scale);
   check_not_empty(f, "f");
   check_not_empty(g, "g");
   check_not_empty(h, "h");

@@ -12,6 +12,17 @@ namespace sagan {
 void check_self_attn_args(const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
                           const std::optional<at::Tensor>& x, const at::Tensor& gamma, double scale);
 
+// Dense (strided) layouts only: a nested or sparse tensor gets an error naming it before anything
+// asks for its sizes. Called first by check_self_attn_args, and by the autograd and autocast kernels,
+// which run before any backend kernel.
+void check_self_attn_layouts(const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
+                             const std::optional<at::Tensor>& x, const at::Tensor& gamma);
+
+// The largest |scale| the kernels accept for inputs of this dtype: every backend but float64 computes
+// in float32 and multiplies scale by log2(e) (the CUDA kernels use exp2), so scale * log2(e) must be
+// a finite float32; float64 kernels only need scale finite.
+double self_attn_max_scale(at::ScalarType dtype);
+
 // Checks of the backward op's extra arguments against the forward ones.
 void check_self_attn_backward_args(const at::Tensor& grad_y, const at::Tensor& f,
                                    const at::Tensor& g, const at::Tensor& h, const at::Tensor& o,

@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include "csrc/sagan_attn.h"
+#include "csrc/self_attn_check.h"
 
 namespace sagan {
 namespace {
@@ -25,6 +26,7 @@ template <c10::DeviceType kDevice>
 at::Tensor self_attn_autocast(const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
                               const std::optional<at::Tensor>& x, const at::Tensor& gamma,
                               double scale) {
+  check_self_attn_layouts(f, g, h, x, gamma);  // before cached_cast copies a nested tensor
   c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(kDevice));
   const auto to = at::autocast::get_autocast_dtype(kDevice);
@@ -39,6 +41,7 @@ template <c10::DeviceType kDevice>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd_autocast(
     const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
     const std::optional<at::Tensor>& x, const at::Tensor& gamma, double scale) {
+  check_self_attn_layouts(f, g, h, x, gamma);  // before cached_cast copies a nested tensor
   c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(kDevice));
   const auto to = at::autocast::get_autocast_dtype(kDevice);

@@ -13,6 +13,7 @@
 
 #include "csrc/reference/self_attn_reference.h"
 #include "csrc/sagan_attn.h"
+#include "csrc/self_attn_check.h"
 
 namespace sagan {
 namespace {
@@ -57,6 +58,7 @@ class SelfAttnFunction : public torch::autograd::Function<SelfAttnFunction> {
 at::Tensor self_attn_autograd(const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
                               const std::optional<at::Tensor>& x, const at::Tensor& gamma,
                               double scale) {
+  check_self_attn_layouts(f, g, h, x, gamma);  // before autograd asks a nested tensor for sizes
   return SelfAttnFunction::apply(f, g, h, x, gamma, scale);
 }
 

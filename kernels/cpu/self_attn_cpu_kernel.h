@@ -260,10 +260,14 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
           T* srow = s.data() + i * BK;
           scale_row(srow, kn, scale);
           const T mx = max_row(srow, kn, row_max[i]);
-          // A row whose maximum is -inf (all scores -inf) or NaN ends as the reference has it: NaN.
-          // Otherwise exp(-inf - finite) = 0 on the first tile.
-          alpha[i] = exp_nonpositive(row_max[i] - mx);
-          exp_row(srow, kn, mx, T(0));
+          // While every score of the row so far is -inf, shift by 0 instead of the maximum: the
+          // tile's exps and the rescale factor are then exp(-inf) = 0, never exp(-inf - -inf) = NaN,
+          // so keys masked with -inf (or overflowing to it) in leading tiles get weight 0, as in the
+          // reference. A row that is -inf everywhere ends with row_sum = 0 and o = 0 / 0 = NaN, and a
+          // NaN or +inf score gives NaN: both as the reference softmax has them.
+          const T shift = mx == -std::numeric_limits<T>::infinity() ? T(0) : mx;
+          alpha[i] = exp_nonpositive(row_max[i] - shift);
+          exp_row(srow, kn, shift, T(0));
           const T sum = sum_row(srow, kn);
           row_sum[i] = row_sum[i] * alpha[i] + sum;
           row_max[i] = mx;

@@ -202,6 +202,11 @@ TEST(SelfAttn, BadInputsThrowNamingTheArgument) {
       {"int dtype", [&] { sagan::self_attn(f.to(torch::kLong), g.to(torch::kLong), h.to(torch::kLong), std::nullopt, gamma.to(torch::kLong)); }, "f must have a floating dtype"},
       {"empty", [&] { sagan::self_attn(torch::randn({2, 8, 0}), g, h, std::nullopt, gamma); }, "f is empty"},
       {"scale", [&] { sagan::self_attn(f, g, h, x, gamma, std::nan("")); }, "scale must be finite"},
+      {"scale beyond float32", [&] { sagan::self_attn(f, g, h, x, gamma, 1e39); }, "scale must satisfy |scale| <= 2.3586"},
+      {"sparse h", [&] { sagan::self_attn(f, g, h.to_sparse(), x, gamma); }, "h must be a dense (strided) tensor"},
+      {"nested f", [&] {
+         sagan::self_attn(at::_nested_tensor_from_tensor_list({torch::randn({8, 10}), torch::randn({8, 11})}), g, h, x, gamma);
+       }, "f is a nested tensor"},
   };
   for (const auto& c : cases) {
     try {
@@ -210,6 +215,35 @@ TEST(SelfAttn, BadInputsThrowNamingTheArgument) {
     } catch (const c10::Error& e) {
       EXPECT_NE(std::string(e.what()).find(c.message), std::string::npos)
           << c.name << ": message was " << e.what_without_backtrace();
+    }
+  }
+}
+
+// Keys whose logits are -inf over the whole first CPU key tile (128 keys) get weight 0: the online
+// softmax used to compute exp(-inf - -inf) = NaN there. Forward and backward against the reference.
+TEST(SelfAttn, NegInfLogitsOverTheFirstKeyTile) {
+  for (auto dtype : {torch::kFloat, torch::kDouble}) {
+    auto opts = torch::TensorOptions().dtype(torch::kDouble);
+    auto f = torch::randn({1, 2, 70}, opts), g = torch::randn({1, 2, 300}, opts);
+    f.select(1, 0).fill_(1.0);
+    g.select(1, 0).fill_(0.0);
+    g.select(1, 0).narrow(1, 0, 128).fill_(-INFINITY);
+    auto h = torch::randn({1, 5, 300}, opts), gamma = torch::full({1}, 0.5, opts);
+    std::vector<torch::Tensor> in = {f, g, h, gamma};
+    for (auto& t : in) t = t.to(dtype).requires_grad_(true);
+    auto y = sagan::self_attn(in[0], in[1], in[2], std::nullopt, in[3]);
+    auto dy = torch::randn_like(y);
+    auto grads = torch::autograd::grad({y}, {in[2], in[3]}, {dy});
+    auto y_ref = std::get<0>(sagan::reference::self_attn_forward(f, g, h, std::nullopt, gamma, 1.0));
+    auto [rf, rg, rh, rgamma] =
+        sagan::reference::self_attn_backward(dy.to(torch::kDouble), f, g, h, gamma, 1.0);
+    std::vector<torch::Tensor> grads_ref = {rh, rgamma};
+    const double tol = dtype == torch::kDouble ? 1e-10 : 2e-5;
+    ASSERT_TRUE(torch::isfinite(y).all().item<bool>());
+    EXPECT_LE(max_abs_diff(y, y_ref), tol * max_abs(y_ref));
+    for (int k = 0; k < 2; ++k) {
+      ASSERT_TRUE(torch::isfinite(grads[k]).all().item<bool>()) << "grad " << k;
+      EXPECT_LE(max_abs_diff(grads[k], grads_ref[k]), tol * (1 + max_abs(grads_ref[k]))) << "grad " << k;
     }
   }
 }

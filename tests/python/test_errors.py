@@ -223,3 +223,116 @@ def test_internal_backward_lse_must_be_float64_for_bf16():
     args["lse"] = args["lse"].to(torch.bfloat16)
     with pytest.raises(TypeError, match=r"self_attn_backward: lse must have dtype Double \(float64\), got BFloat16"):
         call_backward(args)
+
+
+# --------------------------------------------------------------------------------------------------
+# Layouts, and scale / gamma checked as they are used.
+
+
+def nested(*shapes):
+    return torch.nested.nested_tensor([torch.randn(*s) for s in shapes])
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "requires_grad"])
+@pytest.mark.parametrize("which", ["f", "g", "h", "x"])
+def test_nested_tensor_is_named(which, requires_grad):
+    """A nested tensor used to reach 'Internal error: NestedTensorImpl doesn't support sizes'."""
+    args = good()
+    args[which] = nested((CQK, NQ), (CQK, NQ + 3)).requires_grad_(requires_grad)
+    with pytest.raises(ValueError, match=rf"self_attn: {which} is a nested tensor; self_attn takes dense"):
+        call(args)
+
+
+@pytest.mark.parametrize("layout", [torch.strided, torch.jagged], ids=["nested_strided", "jagged"])
+def test_nested_tensor_through_functional_and_autocast(layout):
+    nt = torch.nested.nested_tensor([torch.randn(CQK, NQ), torch.randn(CQK, NQ + 2)], layout=layout)
+    with pytest.raises(ValueError, match=r"self_attn: f is a nested tensor"):
+        sagan_attn.self_attn(nt, t(B, CQK, NK), t(B, CV, NK))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(ValueError, match=r"self_attn: f is a nested tensor"):
+            call(good(f=nt))
+
+
+@pytest.mark.parametrize("which", ["f", "h", "gamma"])
+def test_sparse_tensor_is_named(which):
+    args = good()
+    args[which] = args[which].to_sparse()
+    with pytest.raises(ValueError, match=rf"self_attn: {which} must be a dense \(strided\) tensor, got layout Sparse"):
+        call(args)
+
+
+LOW_DTYPES = [(torch.float32, "Float"), (torch.bfloat16, "BFloat16"), (torch.float16, "Half")]
+
+
+@pytest.mark.parametrize("dtype,name", LOW_DTYPES, ids=["f32", "bf16", "f16"])
+@pytest.mark.parametrize("scale", [1e39, -1e39, 2.4e38])
+def test_scale_beyond_float32_is_rejected(scale, dtype, name):
+    """1e39 is a finite double but inf in float32, where these dtypes compute: it used to turn y into
+    NaN. The bound is float32's max / log2(e) = 2.3587e38 (the CUDA kernels use exp2)."""
+    args = good(scale=scale, **{k: v.to(dtype) for k, v in good().items() if isinstance(v, torch.Tensor)})
+    with pytest.raises(ValueError, match=rf"self_attn: scale must satisfy \|scale\| <= 2.3586\de\+38 for {name} inputs"):
+        call(args)
+    bwd = backward_args(dtype=dtype, scale=scale)
+    with pytest.raises(ValueError, match=r"self_attn: scale must satisfy"):
+        call_backward(bwd)
+
+
+def test_scale_bound_is_inclusive_and_float64_has_its_own():
+    bound = 3.4028234663852886e38 / 1.4426950408889634
+    call(good(scale=bound * (1 - 1e-12)))
+    args64 = {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in good().items()}
+    args64["scale"] = 1e39  # fine in float64: the float64 kernels compute in float64
+    y = call(args64)
+    assert not torch.isinf(y).all()
+
+
+@pytest.mark.parametrize("scale", [10**400, -(10**400)], ids=["pos", "neg"])
+def test_functional_scale_too_large_integer(scale):
+    """float(10**400) raises OverflowError; ints are accepted, so the message says what range works."""
+    with pytest.raises(ValueError, match=r"self_attn: scale must be finite, got an integer of 1329 bits"):
+        sagan_attn.self_attn(t(B, CQK, NQ), t(B, CQK, NK), t(B, CV, NK), scale=scale)
+
+
+@pytest.mark.parametrize("gamma,name", [([1.0], "list"), ("0.5", "str"), (None, "NoneType"), (True, "bool")])
+def test_functional_gamma_type(gamma, name):
+    with pytest.raises(TypeError, match=rf"self_attn: gamma must be a real number or a one-element tensor, got {name}"):
+        sagan_attn.self_attn(t(B, CQK, NQ), t(B, CQK, NK), t(B, CV, NK), gamma=gamma)
+
+
+@pytest.mark.parametrize("scale,name", [("2", "str"), (None, "NoneType"), ([1.0], "list")])
+def test_functional_scale_type(scale, name):
+    with pytest.raises(TypeError, match=rf"self_attn: scale must be a real number or a one-element tensor, got {name}"):
+        sagan_attn.self_attn(t(B, CQK, NQ), t(B, CQK, NK), t(B, CV, NK), scale=scale)
+
+
+def test_functional_scale_tensor_of_several_elements():
+    with pytest.raises(ValueError, match=r"self_attn: scale must be a number or a one-element tensor, got a tensor of shape \(2,\)"):
+        sagan_attn.self_attn(t(B, CQK, NQ), t(B, CQK, NK), t(B, CV, NK), scale=torch.ones(2))
+
+
+def test_functional_scale_tensor_gets_its_gradient():
+    """A scale tensor that requires grad (a learnable temperature) used to be turned into a float,
+    silently dropping its gradient. It is now folded into the queries and gets the reference's
+    gradient, in float64, along with every other input's."""
+    from sagan_attn import reference
+
+    f, g, h, x = (t(*s, dtype=torch.float64).requires_grad_() for s in [(B, CQK, NQ), (B, CQK, NK), (B, CV, NK), (B, CV, NQ)])
+    gamma = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
+    y = sagan_attn.self_attn(f, g, h, x, gamma, scale)
+    dy = torch.randn_like(y)
+    got = torch.autograd.grad(y, [f, g, h, x, gamma, scale], dy)
+    y_ref = reference.self_attn(f, g, h, x, gamma, scale)
+    want = torch.autograd.grad(y_ref, [f, g, h, x, gamma, scale], dy)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+    assert float(got[-1].abs()) > 0
+
+
+def test_functional_scale_tensor_without_grad_is_a_number():
+    args = [t(B, CQK, NQ), t(B, CQK, NK), t(B, CV, NK)]
+    torch.testing.assert_close(sagan_attn.self_attn(*args, scale=torch.tensor(0.25)),
+                               sagan_attn.self_attn(*args, scale=0.25), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"self_attn: scale must satisfy"):
+        sagan_attn.self_attn(*args, scale=torch.tensor(1e39, dtype=torch.float64))
