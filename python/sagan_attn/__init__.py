@@ -13,6 +13,8 @@ from . import _C  # noqa: F401  (loading it registers the sagan ops)
 from ._ops import self_attn
 from . import reference
 from .modules import SelfAttention2d
+from . import convert
+from .patch import patch, unpatch
 
 __version__ = _C.__version__
 
@@ -23,3 +25,4 @@ def build_info() -> dict:
 
 
 __all__ = ["self_attn", "reference", "build_info", "__version__", "SelfAttention2d"]
+__all__ += ["convert", "patch", "unpatch"]

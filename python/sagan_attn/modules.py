@@ -1,9 +1,12 @@
 """``SelfAttention2d``: the SAGAN self-attention block for (B, C, H, W) feature maps, on the fused op.
 
-It is a drop-in for the bmm-based module users have today (the notebook's ``self_attn``, kept as a
-specification in ``../shared/spec/notebook_self_attn.py``): same constructor arguments, same parameter
-names, its ``state_dict`` loads with ``strict=True`` and gives the same y, but the (N x N) attention map
-is never materialised unless asked for.
+It is a drop-in for the bmm-based module users have today (the widely shared notebook's ``self_attn``:
+1x1 convs ``f``, ``g``, ``h`` with bias, ``gamma`` of shape (1,), ``bmm``, softmax over the keys,
+``bmm``; the package's own ``sagan_attn.models.layers.BmmSelfAttention2d`` computes it that way): same
+constructor arguments, same parameter names, its ``state_dict`` loads with ``strict=True`` and gives the
+same y, but the (N x N) attention map is never materialised unless asked for. Blocks of other codebases
+(BigGAN-PyTorch, StudioGAN, Self-Attention-GAN, mimicry) convert with ``from_module`` and
+``sagan_attn.convert``, or keep their own modules with ``sagan_attn.patch``.
 
 Names follow the paper (Zhang et al., "Self-Attention Generative Adversarial Networks", 2018), as the
 notebook uses them: ``f(x)`` are the queries, ``g(x)`` the keys, ``h(x)`` the values (1x1 convolutions),
@@ -34,6 +37,77 @@ def _format_bytes(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
+SN_POWER_ORDERS = ("uv", "vu")
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _reject_positional(name: str, args: tuple) -> None:
+    raise TypeError(
+        f"{name}.forward takes one positional argument, x; got {1 + len(args)} (extra: "
+        f"{', '.join(_describe(a) for a in args)}). return_attention is keyword-only; a codebase that "
+        f"calls its attention block with more arguments (BigGAN-PyTorch's block(h, y), StudioGAN's "
+        f"block(h, affine)) can keep its block and call sagan_attn.patch(model) instead"
+    )
+
+
+class SpectralNormWeight(nn.Module):
+    """Spectral-norm parametrization with the power-iteration order and eval behaviour of a chosen codebase.
+
+    W / sigma with sigma = u^T W v, u and v from power iteration (no gradient through them), as
+    ``torch.nn.utils.parametrizations.spectral_norm``, and with its state_dict keys (``_u``, ``_v``).
+    It exists because checkpoints of other codebases continue exactly only with their own step:
+    ``order="uv"`` (torch's parametrization: u = normalize(W v), then v = normalize(W^T u)) or ``"vu"``
+    (torch's older hook, BigGAN-PyTorch, mimicry: v first, then u); ``eval_power_step`` runs one step in
+    eval mode as well, without storing it (BigGAN-PyTorch, mimicry's own spectral norm).
+    """
+
+    def __init__(self, weight: torch.Tensor, eps: float = 1e-12, order: str = "uv",
+                 eval_power_step: bool = False) -> None:
+        super().__init__()
+        if order not in SN_POWER_ORDERS:
+            raise ValueError(f"SpectralNormWeight: order must be one of {SN_POWER_ORDERS}, got {order!r}")
+        self.eps = float(eps)
+        self.order = order
+        self.eval_power_step = bool(eval_power_step)
+        w = weight.detach().flatten(1)
+        u = F.normalize(w.new_empty(w.shape[0]).normal_(), dim=0, eps=self.eps)
+        v = F.normalize(w.new_empty(w.shape[1]).normal_(), dim=0, eps=self.eps)
+        self.register_buffer("_u", u)
+        self.register_buffer("_v", v)
+        with torch.no_grad():
+            for _ in range(15):  # start near the top singular pair, as torch's spectral_norm does
+                self._step(w, self._u, self._v)
+
+    def _step(self, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> None:
+        """One power step on u and v, in place."""
+        if self.order == "uv":
+            u.copy_(F.normalize(torch.mv(w, v), dim=0, eps=self.eps))
+            v.copy_(F.normalize(torch.mv(w.t(), u), dim=0, eps=self.eps))
+        else:
+            v.copy_(F.normalize(torch.mv(w.t(), u), dim=0, eps=self.eps))
+            u.copy_(F.normalize(torch.mv(w, v), dim=0, eps=self.eps))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        w = weight.flatten(1)
+        with torch.no_grad():
+            if self.training:
+                self._step(w, self._u, self._v)
+                u, v = self._u.clone(), self._v.clone()
+            else:
+                u, v = self._u.clone(), self._v.clone()
+                if self.eval_power_step:
+                    self._step(w, u, v)
+        return weight / torch.dot(u, torch.mv(w, v))
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, order={self.order!r}, eval_power_step={self.eval_power_step}"
+
+
 class SelfAttention2d(nn.Module):
     r"""SAGAN self-attention over the H x W positions of a feature map, fused (no N x N map in memory).
 
@@ -44,7 +118,7 @@ class SelfAttention2d(nn.Module):
     ``gamma`` the learnable scale, initialised to 0 so the block starts as the identity.
 
     With the defaults this is a drop-in replacement for the notebook module
-    (``../shared/spec/notebook_self_attn.py``, ``self_attn(in_channels, attn_channels)``): the parameters
+    (``self_attn(in_channels, attn_channels)``, the bmm math of ``BmmSelfAttention2d``): the parameters
     ``f``, ``g``, ``h`` (1x1 ``nn.Conv2d`` with bias: C -> attn_channels, attn_channels, C) and ``gamma``
     (shape (1,)) have its names and shapes, so its ``state_dict`` loads with ``strict=True`` and the
     output is the same. ``forward(x, return_attention=True)`` returns its ``(y, attention_map)`` pair.
@@ -70,6 +144,20 @@ class SelfAttention2d(nn.Module):
             ``f.parametrizations.weight.0._u`` and ``..._v``) instead of ``f.weight``, so a notebook
             state_dict loads only without spectral norm. In training mode every forward runs one
             power iteration, as spectral_norm always does.
+        sn_eps: the ``eps`` of the power iteration's normalisations (torch's default 1e-12;
+            StudioGAN uses 1e-6, BigGAN-PyTorch its ``SN_eps``).
+        sn_power_order: ``"uv"`` (torch.nn.utils.parametrizations: u = W v, then v = W^T u) or
+            ``"vu"`` (the older ``torch.nn.utils.spectral_norm`` hook, BigGAN-PyTorch, mimicry: v = W^T u,
+            then u = W v). The order changes the numbers of every train-mode step, so a checkpoint
+            continues exactly only with the order it was trained with.
+        sn_eval_power_step: also run one power step in eval mode, without storing it (BigGAN-PyTorch
+            and mimicry's own spectral norm do; torch's never does).
+            With ``sn_eps``, ``sn_power_order`` and ``sn_eval_power_step`` at their defaults the
+            convolutions use torch's own parametrization; otherwise ``SpectralNormWeight``, which has
+            the same state_dict keys.
+        pool_floor: with ``pool_kv``, accept odd H or W and drop the last row or column, as
+            ``F.max_pool2d`` does (BigGAN-PyTorch, StudioGAN and mimicry pool this way); the default
+            raises on odd sizes.
         bias: give the convolutions a bias (the notebook has one; the official code has none). A
             notebook state_dict loads only with ``bias=True``.
         scale: multiplies the logits ``f^T g``; SAGAN uses 1.0 (no ``1 / sqrt(Cqk)``).
@@ -89,6 +177,10 @@ class SelfAttention2d(nn.Module):
         spectral_norm: bool = False,
         bias: bool = True,
         scale: float = 1.0,
+        sn_eps: float = 1e-12,
+        sn_power_order: str = "uv",
+        sn_eval_power_step: bool = False,
+        pool_floor: bool = False,
     ) -> None:
         super().__init__()
         if attn_channels is None:
@@ -110,6 +202,12 @@ class SelfAttention2d(nn.Module):
             )
         if not math.isfinite(scale):
             raise ValueError(f"SelfAttention2d: scale must be finite, got {scale!r}")
+        if sn_power_order not in SN_POWER_ORDERS:
+            raise ValueError(
+                f"SelfAttention2d: sn_power_order must be one of {SN_POWER_ORDERS}, got {sn_power_order!r}"
+            )
+        if not (math.isfinite(sn_eps) and sn_eps > 0):
+            raise ValueError(f"SelfAttention2d: sn_eps must be a positive finite float, got {sn_eps!r}")
 
         self.in_channels = in_channels
         self.attn_channels = attn_channels
@@ -118,11 +216,21 @@ class SelfAttention2d(nn.Module):
         self.spectral_norm = bool(spectral_norm)
         self.bias = bool(bias)
         self.scale = float(scale)
+        self.sn_eps = float(sn_eps)
+        self.sn_power_order = sn_power_order
+        self.sn_eval_power_step = bool(sn_eval_power_step)
+        self.pool_floor = bool(pool_floor)
+        torch_sn = (self.sn_eps, sn_power_order, self.sn_eval_power_step) == (1e-12, "uv", False)
 
         def conv(c_in: int, c_out: int) -> nn.Module:
             layer = nn.Conv2d(c_in, c_out, kernel_size=1, bias=bias)
-            if spectral_norm:
+            if spectral_norm and torch_sn:
                 layer = nn.utils.parametrizations.spectral_norm(layer)
+            elif spectral_norm:
+                nn.utils.parametrize.register_parametrization(
+                    layer, "weight",
+                    SpectralNormWeight(layer.weight, self.sn_eps, sn_power_order, self.sn_eval_power_step),
+                )
             return layer
 
         self.f = conv(in_channels, attn_channels)
@@ -141,7 +249,32 @@ class SelfAttention2d(nn.Module):
             f"value_channels={self.value_channels}, pool_kv={self.pool_kv}, "
             f"out_conv={self.out_conv}, spectral_norm={self.spectral_norm}, bias={self.bias}, "
             f"scale={self.scale}"
+            + (f", sn_eps={self.sn_eps}, sn_power_order={self.sn_power_order!r}, "
+               f"sn_eval_power_step={self.sn_eval_power_step}" if self.spectral_norm else "")
+            + (", pool_floor=True" if self.pool_floor else "")
         )
+
+    # -- other codebases --------------------------------------------------------------------------
+
+    @classmethod
+    def from_module(cls, module: nn.Module, **overrides) -> "SelfAttention2d":
+        """A ``SelfAttention2d`` with the weights, spectral-norm state and options of another codebase's block.
+
+        ``module``: the notebook block, BigGAN-PyTorch ``layers.Attention``, StudioGAN
+        ``ops.SelfAttention``, Self-Attention-GAN ``Self_Attn`` or mimicry ``SelfAttention`` (patched or
+        not). The result computes the same y in train and eval mode (spectral-norm order, eps and eval
+        step follow the source); ``overrides`` go to the constructor (e.g. ``pool_floor=False``). See
+        ``sagan_attn.convert``.
+        """
+        from .convert import from_module
+
+        return from_module(module, cls=cls, **overrides)
+
+    def export_state_dict(self, layout: str, *, sn_format: Optional[str] = None) -> dict:
+        """This module's state in another codebase's key layout (see ``sagan_attn.convert.export_state_dict``)."""
+        from .convert import export_state_dict
+
+        return export_state_dict(self, layout, sn_format=sn_format)
 
     # -- the pieces -------------------------------------------------------------------------------
 
@@ -151,10 +284,16 @@ class SelfAttention2d(nn.Module):
                 f"SelfAttention2d: x must have shape (B, C, H, W) with C = in_channels = "
                 f"{self.in_channels}, got {tuple(x.shape)}"
             )
-        if self.pool_kv and (x.shape[2] % 2 or x.shape[3] % 2):
+        if self.pool_kv and self.pool_floor and (x.shape[2] < 2 or x.shape[3] < 2):
+            raise ValueError(
+                f"SelfAttention2d(pool_kv=True): H and W must be at least 2 for the 2x2 max-pool of keys "
+                f"and values, got H={x.shape[2]}, W={x.shape[3]}"
+            )
+        if self.pool_kv and not self.pool_floor and (x.shape[2] % 2 or x.shape[3] % 2):
             raise ValueError(
                 f"SelfAttention2d(pool_kv=True): H and W must be even for the 2x2 max-pool of keys "
-                f"and values, got H={x.shape[2]}, W={x.shape[3]}"
+                f"and values, got H={x.shape[2]}, W={x.shape[3]}; pass pool_floor=True to drop the last "
+                f"row or column as F.max_pool2d does"
             )
 
     def _queries(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,9 +314,13 @@ class SelfAttention2d(nn.Module):
     # -- forward ----------------------------------------------------------------------------------
 
     def forward(
-        self, x: torch.Tensor, return_attention: bool = False
+        self, x: torch.Tensor, *args, return_attention: bool = False
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """y = gamma * o + x for x of shape (B, C, H, W).
+
+        ``x`` is the only positional argument; ``return_attention`` is keyword-only, so a block call
+        of another codebase (BigGAN-PyTorch's ``block(h, y)``) fails with a clear error instead of
+        taking its labels for a flag.
 
         With ``return_attention=True`` returns the notebook's pair ``(y, attention_map)``, the map being
         beta of shape (B, N, Nk) (row i: the softmax over the keys for query position i, N = H * W).
@@ -185,6 +328,8 @@ class SelfAttention2d(nn.Module):
         warning says how much); y is still the fused op's. To look at a few positions only, use
         ``attention_rows``.
         """
+        if args:
+            _reject_positional(type(self).__name__, args)
         self._check_input(x)
         batch, channels, height, width = x.shape
         fx = self._queries(x)

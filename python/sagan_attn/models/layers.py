@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import reference
-from ..modules import SelfAttention2d
+from ..modules import SelfAttention2d, _reject_positional
 
 ATTENTION_IMPLS = ("fused", "notebook")
 ATTENTION_VARIANTS = ("paper", "official")
@@ -136,7 +136,9 @@ class BmmSelfAttention2d(SelfAttention2d):
     the other.
     """
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, *args, return_attention: bool = False):
+        if args:  # the same call safety as SelfAttention2d.forward
+            _reject_positional(type(self).__name__, args)
         if return_attention:
             raise ValueError("BmmSelfAttention2d: use attention_rows() to look at the attention map")
         self._check_input(x)
