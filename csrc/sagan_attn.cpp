@@ -52,11 +52,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward(
     const at::Tensor& grad_y, const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
-    const at::Tensor& o, const at::Tensor& lse, const at::Tensor& gamma, double scale) {
+    const at::Tensor& o, const at::Tensor& lse, const at::Tensor& gamma, double scale,
+    std::array<bool, 3> output_mask) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("sagan::self_attn_backward", "")
                        .typed<SelfAttnBackwardFn>();
-  return op.call(grad_y, f, g, h, o, lse, gamma, scale);
+  return op.call(grad_y, f, g, h, o, lse, gamma, scale, output_mask);
 }
 
 std::string build_info() {

@@ -11,6 +11,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -37,9 +38,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd(
     const std::optional<at::Tensor>& x, const at::Tensor& gamma, double scale = 1.0);
 
 // The fused backward kernel: (grad_f, grad_g, grad_h, grad_gamma) from self_attn_fwd's o and lse
-// (grad_x is grad_y itself). Not differentiable.
+// (grad_x is grad_y itself). output_mask says which of grad_f, grad_g, grad_h to compute; the others
+// come back undefined. Not differentiable.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward(
     const at::Tensor& grad_y, const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
-    const at::Tensor& o, const at::Tensor& lse, const at::Tensor& gamma, double scale);
+    const at::Tensor& o, const at::Tensor& lse, const at::Tensor& gamma, double scale,
+    std::array<bool, 3> output_mask = {true, true, true});
 
 }  // namespace sagan

@@ -16,7 +16,11 @@ TORCH_LIBRARY(sagan, m) {
   m.def(
       "self_attn_fwd(Tensor f, Tensor g, Tensor h, Tensor? x, Tensor gamma, float scale=1.0) "
       "-> (Tensor y, Tensor o, Tensor lse)");
+  // output_mask: which of grad_f, grad_g, grad_h to compute (autograd passes which inputs need a
+  // gradient); one not asked for is returned undefined (None) and costs nothing. grad_gamma is always
+  // computed (O(B Cv Nq)).
   m.def(
       "self_attn_backward(Tensor grad_y, Tensor f, Tensor g, Tensor h, Tensor o, Tensor lse, "
-      "Tensor gamma, float scale) -> (Tensor grad_f, Tensor grad_g, Tensor grad_h, Tensor grad_gamma)");
+      "Tensor gamma, float scale, bool[3] output_mask=[True, True, True]) "
+      "-> (Tensor grad_f, Tensor grad_g, Tensor grad_h, Tensor grad_gamma)");
 }

@@ -21,10 +21,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd_meta(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_meta(
     const at::Tensor& grad_y, const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
-    const at::Tensor& o, const at::Tensor& lse, const at::Tensor& gamma, double scale) {
+    const at::Tensor& o, const at::Tensor& lse, const at::Tensor& gamma, double scale,
+    std::array<bool, 3> output_mask) {
   check_self_attn_backward_args(grad_y, f, g, h, o, lse, gamma, scale);
-  return {at::empty_symint(f.sym_sizes(), f.options()), at::empty_symint(g.sym_sizes(), g.options()),
-          at::empty_symint(h.sym_sizes(), h.options()),
+  auto like = [](bool wanted, const at::Tensor& t) {
+    return wanted ? at::empty_symint(t.sym_sizes(), t.options()) : at::Tensor();
+  };
+  return {like(output_mask[0], f), like(output_mask[1], g), like(output_mask[2], h),
           at::empty_symint(gamma.sym_sizes(), gamma.options())};
 }
 

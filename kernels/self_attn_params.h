@@ -16,22 +16,35 @@ namespace sagan::kernels {
 using ParallelFor =
     std::function<void(int64_t n, const std::function<void(int64_t begin, int64_t end)>& body)>;
 
+// The whole contract of one kernel launch, for every backend (CPU, CUDA SIMT, CUDA tensor cores): every
+// pointer a kernel reads or writes, the sizes and strides, the row statistics and accumulators, and the
+// flags. The glue (csrc/) only fills it; no backend wraps it or finishes it by hand.
+//
 // Strides are in elements. The last (N) dimension of every tensor is contiguous (stride 1);
-// the glue makes a copy only when an input's N stride is not 1.
+// the glue makes a copy only when an input's N stride is not 1. "Storage dtype" is the dtype of the
+// tensors the kernel reads: the input dtype on CUDA; on the CPU, which converts bfloat16/float16 inputs
+// to float32 first, the compute dtype. "Accumulate dtype" is float64 for float64 inputs, else float32.
+// Pointers are host memory for the CPU kernels and device memory for the CUDA kernels.
 struct SelfAttnFwdParams {
   int64_t B = 0, Cqk = 0, Cv = 0, Nq = 0, Nk = 0;
   const void* f = nullptr;  int64_t f_sb = 0, f_sc = 0;
   const void* g = nullptr;  int64_t g_sb = 0, g_sc = 0;
   const void* h = nullptr;  int64_t h_sb = 0, h_sc = 0;
   const void* x = nullptr;  int64_t x_sb = 0, x_sc = 0;  // x may be null (no residual)
+  // One element of the storage dtype. The CUDA kernels read it on the device: the host never reads
+  // it there, which would synchronise and break CUDA-graph capture.
+  const void* gamma = nullptr;
   void* y = nullptr;        // (B, Cv, Nq) contiguous
   void* o = nullptr;        // (B, Cv, Nq) contiguous: attention output before gamma
   double* lse = nullptr;    // (B, Nq) contiguous: log-sum-exp of the scaled logits, in float64 (see
                             // self_attn_cpu_kernel.h: float32 would lose ulp(lse) ~ 1e-4 at lse ~ 2e3)
-  double gamma = 0.0;
   double scale = 1.0;
 };
 
+// Backward:
+//   delta_i = sum_c dy[c,i] o[c,i],  dgamma = sum_i delta_i
+//   dh[:,j] = gamma sum_i dy[:,i] p_ij,  ds_ij = p_ij (sum_c dy[c,i] h[c,j] - delta_i)
+//   df[:,i] = gamma scale sum_j ds_ij g[:,j],  dg[:,j] = gamma scale sum_i ds_ij f[:,i]
 struct SelfAttnBwdParams {
   int64_t B = 0, Cqk = 0, Cv = 0, Nq = 0, Nk = 0;
   const void* dy = nullptr; int64_t dy_sb = 0, dy_sc = 0;
@@ -40,11 +53,23 @@ struct SelfAttnBwdParams {
   const void* h = nullptr;  int64_t h_sb = 0, h_sc = 0;
   const void* o = nullptr;  int64_t o_sb = 0, o_sc = 0;
   const double* lse = nullptr;  // (B, Nq) contiguous, float64
-  void* df = nullptr;       // (B, Cqk, Nq) contiguous
-  void* dg = nullptr;       // (B, Cqk, Nk) contiguous
-  void* dh = nullptr;       // (B, Cv, Nk) contiguous
-  double* dgamma = nullptr; // one value
-  double gamma = 0.0;
+  const void* gamma = nullptr;  // one element of the storage dtype (see SelfAttnFwdParams::gamma)
+  // Row statistic (B, Nq) contiguous, accumulate dtype: delta_i above. The CPU kernel writes it; on
+  // CUDA the glue still computes it (and dgamma) with ATen before the launch.
+  void* delta = nullptr;
+  double* dgamma = nullptr;     // one value; written by the CPU kernel (CUDA: by the glue, see delta)
+  void* df = nullptr;       // (B, Cqk, Nq) contiguous, storage dtype
+  void* dg = nullptr;       // (B, Cqk, Nk) contiguous, storage dtype
+  void* dh = nullptr;       // (B, Cv, Nk) contiguous, storage dtype
+  // Which of df, dg, dh are wanted: an unwanted one is neither computed nor written (its pointer may
+  // be null). delta and dgamma are always computed (O(B Cv Nq)).
+  bool want_df = true, want_dg = true, want_dh = true;
+  // CUDA only. deterministic == false and df_accum != nullptr: the dg kernels atomically add
+  // sum_j ds_ij g[c, j] (no gamma, no scale) into df_accum, a zeroed (B, Cqk, Nq) contiguous buffer of
+  // the accumulate dtype, and the glue finishes df = gamma * scale * df_accum. Otherwise a separate
+  // kernel sums each df element in a fixed order (bit-identical run to run).
+  void* df_accum = nullptr;
+  bool deterministic = false;
   double scale = 1.0;
 };
 

@@ -48,8 +48,11 @@ class SelfAttnFunction : public torch::autograd::Function<SelfAttnFunction> {
       std::tie(grad_f, grad_g, grad_h, grad_gamma) =
           reference::self_attn_backward(grad_y, f, g, h, gamma, scale);
     } else {
+      // Only the gradients autograd needs: the backward of h alone skips the logits' gradients.
+      const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                        ctx->needs_input_grad(2)};
       std::tie(grad_f, grad_g, grad_h, grad_gamma) =
-          sagan::self_attn_backward(grad_y, f, g, h, o, lse, gamma, scale);
+          sagan::self_attn_backward(grad_y, f, g, h, o, lse, gamma, scale, mask);
     }
     return {grad_f, grad_g, grad_h, has_x ? grad_y : at::Tensor(), grad_gamma, at::Tensor()};
   }

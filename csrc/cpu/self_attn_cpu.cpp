@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <array>
+
 #include "csrc/self_attn_check.h"
 #include "csrc/self_attn_kernel_args.h"
 #include "kernels/cpu/self_attn_cpu.h"
@@ -24,12 +26,13 @@ kernels::ParallelFor aten_parallel_for() {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd_cpu(
     const at::Tensor& f_in, const at::Tensor& g_in, const at::Tensor& h_in,
-    const std::optional<at::Tensor>& x_in, const at::Tensor& gamma, double scale) {
-  check_self_attn_args(f_in, g_in, h_in, x_in, gamma, scale);
+    const std::optional<at::Tensor>& x_in, const at::Tensor& gamma_in, double scale) {
+  check_self_attn_args(f_in, g_in, h_in, x_in, gamma_in, scale);
   const auto dtype = f_in.scalar_type();
   const auto compute = self_attn_accum_type(dtype);
   const at::Tensor f = to_kernel_layout(f_in, compute), g = to_kernel_layout(g_in, compute),
                    h = to_kernel_layout(h_in, compute);
+  const at::Tensor gamma = gamma_in.to(compute).contiguous();
   at::Tensor x;
   if (x_in.has_value()) x = to_kernel_layout(*x_in, compute);
 
@@ -38,8 +41,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd_cpu(
   at::Tensor y = at::empty({B, Cv, Nq}, opts), o = at::empty({B, Cv, Nq}, opts),
              lse = at::empty({B, Nq}, opts.dtype(kSelfAttnLseDtype));
 
-  kernels::SelfAttnFwdParams p = fwd_params(f, g, h, x, y, o, lse, scale);
-  p.gamma = gamma.item<double>();
+  const kernels::SelfAttnFwdParams p = fwd_params(f, g, h, x, gamma, y, o, lse, scale);
   if (compute == at::kDouble) {
     kernels::cpu::self_attn_fwd<double>(p, aten_parallel_for());
   } else {
@@ -51,31 +53,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> self_attn_fwd_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cpu(
     const at::Tensor& grad_y_in, const at::Tensor& f_in, const at::Tensor& g_in,
     const at::Tensor& h_in, const at::Tensor& o_in, const at::Tensor& lse_in,
-    const at::Tensor& gamma, double scale) {
-  check_self_attn_backward_args(grad_y_in, f_in, g_in, h_in, o_in, lse_in, gamma, scale);
+    const at::Tensor& gamma_in, double scale, std::array<bool, 3> output_mask) {
+  check_self_attn_backward_args(grad_y_in, f_in, g_in, h_in, o_in, lse_in, gamma_in, scale);
   const auto dtype = f_in.scalar_type();
   const auto compute = self_attn_accum_type(dtype);
-  const at::Tensor dy = to_kernel_layout(grad_y_in, compute), f = to_kernel_layout(f_in, compute),
-                   g = to_kernel_layout(g_in, compute), h = to_kernel_layout(h_in, compute),
-                   o = to_kernel_layout(o_in, compute), lse = lse_in.contiguous();
+  BwdTensors t;
+  t.dy = to_kernel_layout(grad_y_in, compute);
+  t.f = to_kernel_layout(f_in, compute);
+  t.g = to_kernel_layout(g_in, compute);
+  t.h = to_kernel_layout(h_in, compute);
+  t.o = to_kernel_layout(o_in, compute);
+  t.lse = lse_in.contiguous();
+  t.gamma = gamma_in.to(compute).contiguous();
 
-  const int64_t B = f.size(0), Cqk = f.size(1), Nq = f.size(2), Nk = g.size(2), Cv = h.size(1);
-  auto opts = f.options().dtype(compute);
-  at::Tensor df = at::empty({B, Cqk, Nq}, opts), dg = at::empty({B, Cqk, Nk}, opts),
-             dh = at::empty({B, Cv, Nk}, opts);
+  const int64_t B = t.f.size(0), Cqk = t.f.size(1), Nq = t.f.size(2), Nk = t.g.size(2), Cv = t.h.size(1);
+  auto opts = t.f.options().dtype(compute);
+  t.delta = at::empty({B, Nq}, opts);
+  if (output_mask[0]) t.df = at::empty({B, Cqk, Nq}, opts);
+  if (output_mask[1]) t.dg = at::empty({B, Cqk, Nk}, opts);
+  if (output_mask[2]) t.dh = at::empty({B, Cv, Nk}, opts);
   double dgamma = 0.0;
 
-  kernels::SelfAttnBwdParams p = bwd_params(dy, f, g, h, lse, df, dg, dh, scale);
-  p.o = o.const_data_ptr(); p.o_sb = o.stride(0); p.o_sc = o.stride(1);
+  // The CPU kernels are deterministic for any thread count; they have no atomic mode.
+  kernels::SelfAttnBwdParams p = bwd_params(t, scale, /*deterministic=*/true);
   p.dgamma = &dgamma;
-  p.gamma = gamma.item<double>();
   if (compute == at::kDouble) {
     kernels::cpu::self_attn_bwd<double>(p, aten_parallel_for());
   } else {
     kernels::cpu::self_attn_bwd<float>(p, aten_parallel_for());
   }
-  at::Tensor grad_gamma = at::full(gamma.sizes(), dgamma, gamma.options());
-  return {df.to(dtype), dg.to(dtype), dh.to(dtype), grad_gamma};
+  auto back = [&](const at::Tensor& r) { return r.defined() ? r.to(dtype) : r; };
+  at::Tensor grad_gamma = at::full(gamma_in.sizes(), dgamma, gamma_in.options());
+  return {back(t.df), back(t.dg), back(t.dh), grad_gamma};
 }
 
 }  // namespace

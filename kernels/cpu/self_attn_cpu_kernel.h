@@ -224,7 +224,7 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
   constexpr int64_t BK = CpuTileTraits<T>::kBlockK;
   const int64_t Cqk = p.Cqk, Cv = p.Cv, Nq = p.Nq, Nk = p.Nk;
   const T scale = static_cast<T>(p.scale);
-  const T gamma = static_cast<T>(p.gamma);
+  const T gamma = *static_cast<const T*>(p.gamma);
   const int64_t n_qtiles = ceil_div(Nq, BQ);
   const T* f = static_cast<const T*>(p.f);
   const T* g = static_cast<const T*>(p.g);
@@ -310,7 +310,9 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
   constexpr int64_t BK = CpuTileTraits<T>::kBlockK;
   const int64_t B = p.B, Cqk = p.Cqk, Cv = p.Cv, Nq = p.Nq, Nk = p.Nk;
   const T scale = static_cast<T>(p.scale);
-  const T gamma = static_cast<T>(p.gamma);
+  const T gamma = *static_cast<const T*>(p.gamma);
+  const bool want_df = p.want_df, want_dg = p.want_dg, want_dh = p.want_dh;
+  const bool want_ds = want_df || want_dg;  // the logits' gradient, and with it dp = dy^T h
   const T* dy = static_cast<const T*>(p.dy);
   const T* f = static_cast<const T*>(p.f);
   const T* g = static_cast<const T*>(p.g);
@@ -321,11 +323,11 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
   T* dg = static_cast<T*>(p.dg);
   T* dh = static_cast<T*>(p.dh);
 
-  // D_i = sum_c dy[c,i] o[c,i] (the softmax backward's row term, before gamma).
-  std::vector<T> D(B * Nq);
+  // D_i = sum_c dy[c,i] o[c,i] (the softmax backward's row term, before gamma): p.delta.
+  T* D = static_cast<T*>(p.delta);
   parallel_for(B, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      T* Db = D.data() + b * Nq;
+      T* Db = D + b * Nq;
       std::fill(Db, Db + Nq, T(0));
       for (int64_t c = 0; c < Cv; ++c) {
         const T* dyc = dy + b * p.dy_sb + c * p.dy_sc;
@@ -337,13 +339,14 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
   double dgamma = 0.0;
   for (int64_t i = 0; i < B * Nq; ++i) dgamma += static_cast<double>(D[i]);
   *p.dgamma = dgamma;
+  if (!want_ds && !want_dh) return;
 
   const int64_t n_ktiles = ceil_div(Nk, BK);
   const int64_t n_groups = std::max<int64_t>(1, std::min(ceil_div(kBwdTargetItems, B), n_ktiles));
   const int64_t tiles_per_group = ceil_div(n_ktiles, n_groups);
   const int64_t nq_pad = ceil_div(Nq, BQ) * BQ;
   // Partial df of each (batch, key group), as Cqk x nq_pad: O(groups x Cqk x Nq), never O(Nq x Nk).
-  std::vector<T> df_part(B * n_groups * Cqk * nq_pad, T(0));
+  std::vector<T> df_part(want_df ? B * n_groups * Cqk * nq_pad : 0, T(0));
 
   parallel_for(B * n_groups, [&](int64_t begin, int64_t end) {
     std::vector<T> s(BQ * BK), dp(BQ * BK), dst(BK * BQ), gpad(Cqk * BK), hpad(Cv * BK);
@@ -351,18 +354,19 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / n_groups;
       const int64_t group = item % n_groups;
-      T* dfp = df_part.data() + item * Cqk * nq_pad;
+      T* dfp = want_df ? df_part.data() + item * Cqk * nq_pad : nullptr;
       const T* fb = f + b * p.f_sb;
       const T* dyb = dy + b * p.dy_sb;
       const double* lseb = lse + b * Nq;
-      const T* Db = D.data() + b * Nq;
+      const T* Db = D + b * Nq;
       const int64_t kt_end = std::min(n_ktiles, (group + 1) * tiles_per_group);
       for (int64_t kt = group * tiles_per_group; kt < kt_end; ++kt) {
         const int64_t k0 = kt * BK;
         const int64_t kn = std::min(BK, Nk - k0);
         int64_t ldg = 0, ldh = 0;
         const T* gt = padded_tile(g + b * p.g_sb + k0, Cqk, p.g_sc, kn, BK, gpad.data(), &ldg);
-        const T* ht = padded_tile(h + b * p.h_sb + k0, Cv, p.h_sc, kn, BK, hpad.data(), &ldh);
+        const T* ht = want_ds ? padded_tile(h + b * p.h_sb + k0, Cv, p.h_sc, kn, BK, hpad.data(), &ldh)
+                              : nullptr;
         std::fill(dv.begin(), dv.end(), T(0));
         std::fill(dgacc.begin(), dgacc.end(), T(0));
         std::fill(dst.begin(), dst.end(), T(0));
@@ -371,7 +375,7 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
           // s = f^T g (qn x BK); p = exp(scale s - lse), zero in the padded key columns.
           gemm_tile<T>(qn, BK, Cqk, fb + q0, 1, p.f_sc, gt, ldg, s.data(), BK, false);
           // dp = dy_tile^T h_tile (qn x BK), contracted over the Cv value channels.
-          gemm_tile<T>(qn, BK, Cv, dyb + q0, 1, p.dy_sc, ht, ldh, dp.data(), BK, false);
+          if (want_ds) gemm_tile<T>(qn, BK, Cv, dyb + q0, 1, p.dy_sc, ht, ldh, dp.data(), BK, false);
           for (int64_t i = 0; i < qn; ++i) {
             T* srow = s.data() + i * BK;
             T* dprow = dp.data() + i * BK;
@@ -381,27 +385,32 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
             const T d = Db[q0 + i];
             scale_row(srow, kn, scale);
             exp_row(srow, kn, l_hi, l_lo);
+            for (int64_t j = kn; j < BK; ++j) srow[j] = T(0);
+            if (!want_ds) continue;
             for (int64_t j = 0; j < kn; ++j) dprow[j] = srow[j] * (dprow[j] - d);  // ds / gamma
-            for (int64_t j = kn; j < BK; ++j) srow[j] = dprow[j] = T(0);
-            for (int64_t j = 0; j < kn; ++j) dst[j * BQ + i] = dprow[j];
+            for (int64_t j = kn; j < BK; ++j) dprow[j] = T(0);
+            if (want_df)
+              for (int64_t j = 0; j < kn; ++j) dst[j * BQ + i] = dprow[j];
           }
-          if (qn < BQ) {  // ragged last query tile: clear stale columns of earlier tiles
+          if (want_df && qn < BQ) {  // ragged last query tile: clear stale columns of earlier tiles
             for (int64_t j = 0; j < kn; ++j) std::fill(&dst[j * BQ + qn], &dst[(j + 1) * BQ], T(0));
           }
           // dv (Cv x BK) += dy_tile (Cv x qn) p (qn x BK)
-          gemm_tile<T>(Cv, BK, qn, dyb + q0, p.dy_sc, 1, s.data(), BK, dv.data(), BK, true);
+          if (want_dh) gemm_tile<T>(Cv, BK, qn, dyb + q0, p.dy_sc, 1, s.data(), BK, dv.data(), BK, true);
           // dg (Cqk x BK) += f_tile (Cqk x qn) ds (qn x BK)
-          gemm_tile<T>(Cqk, BK, qn, fb + q0, p.f_sc, 1, dp.data(), BK, dgacc.data(), BK, true);
+          if (want_dg)
+            gemm_tile<T>(Cqk, BK, qn, fb + q0, p.f_sc, 1, dp.data(), BK, dgacc.data(), BK, true);
           // df_part (Cqk x BQ at q0) += g_tile (Cqk x kn) ds^T (kn x BQ)
-          gemm_tile<T>(Cqk, BQ, kn, g + b * p.g_sb + k0, p.g_sc, 1, dst.data(), BQ, dfp + q0,
-                       nq_pad, true);
+          if (want_df)
+            gemm_tile<T>(Cqk, BQ, kn, g + b * p.g_sb + k0, p.g_sc, 1, dst.data(), BQ, dfp + q0,
+                         nq_pad, true);
         }
-        for (int64_t c = 0; c < Cv; ++c) {
+        for (int64_t c = 0; want_dh && c < Cv; ++c) {
           T* dhc = dh + (b * Cv + c) * Nk + k0;
           const T* dvc = dv.data() + c * BK;
           for (int64_t j = 0; j < kn; ++j) dhc[j] = gamma * dvc[j];
         }
-        for (int64_t c = 0; c < Cqk; ++c) {
+        for (int64_t c = 0; want_dg && c < Cqk; ++c) {
           T* dgc = dg + (b * Cqk + c) * Nk + k0;
           const T* ac = dgacc.data() + c * BK;
           for (int64_t j = 0; j < kn; ++j) dgc[j] = gamma * scale * ac[j];
@@ -411,6 +420,7 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
   });
 
   // df = gamma scale sum over key groups, in group order.
+  if (!want_df) return;
   parallel_for(B * Cqk, [&](int64_t begin, int64_t end) {
     for (int64_t bc = begin; bc < end; ++bc) {
       const int64_t b = bc / Cqk, c = bc % Cqk;

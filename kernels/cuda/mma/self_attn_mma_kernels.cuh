@@ -2,8 +2,8 @@
 // statistics), FlashAttention-2 style, reading the channel-first (B, C, N) tensors directly.
 //
 // Tiles: 4 warps per block, each warp owns 16 rows (queries in the forward and the df kernel, keys in
-// the dh and dg kernels) of a 64 x 64 (queries x keys) score tile. Cqk is padded to kCqk (16, 32, 64 or
-// 128) inside shared memory (zero rows), never in a copy; value channels are split across blocks in
+// the dh and dg kernels) of a 64 x 64 (queries x keys) score tile. Cqk is padded to kCqk (one of the padded sizes
+// of self_attn_mma_traits.h) inside shared memory (zero rows), never in a copy; value channels are split across blocks in
 // chunks of kDv = 64 (the forward and dh kernels) or looped over in chunks of 64 (dp = dy^T h in the dg
 // and df kernels), so Cv has no upper bound. Rows and columns past Nq, Nk, Cv are masked.
 //
@@ -23,15 +23,13 @@
 #include <cstdint>
 
 #include "kernels/cuda/mma/self_attn_mma_primitives.cuh"
+#include "kernels/cuda/mma/self_attn_mma_traits.h"
 #include "kernels/cuda/self_attn_cuda.h"
 #include "kernels/cuda/self_attn_cuda_common.cuh"
 
 namespace sagan::kernels::cuda::mma {
 
-inline constexpr int kThreads = 128;  // 4 warps
-inline constexpr int kTile = 64;      // queries and keys per tile, value channels per chunk
-inline constexpr int kLd = kTile + 8; // smem row stride of T tiles (144 bytes)
-inline constexpr int kLdF = kTile + 4;  // smem row stride of float staging tiles
+// kThreads, kTile, kLd, kLdF: self_attn_mma_traits.h.
 // Scores are handled in base 2 (exp2f), as in the SIMT kernels: see ExpBase in self_attn_cuda_common.cuh.
 inline constexpr float kLog2e = static_cast<float>(ExpBase<float>::kFromNatural);
 
@@ -62,7 +60,7 @@ struct FwdSmem {
 };
 
 template <typename T, int kCqk>
-__global__ void __launch_bounds__(kThreads) self_attn_fwd_mma_kernel(const FwdArgs args, bool aligned) {
+__global__ void __launch_bounds__(kThreads) self_attn_fwd_mma_kernel(const SelfAttnFwdParams p, bool aligned) {
   using S = FwdSmem<T, kCqk>;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem) + S::kQ;
@@ -70,7 +68,6 @@ __global__ void __launch_bounds__(kThreads) self_attn_fwd_mma_kernel(const FwdAr
   T* sV = reinterpret_cast<T*>(smem) + S::kV;
   float* sO = reinterpret_cast<float*>(smem);  // [kTile channels][kLdF], after the key loop
 
-  const SelfAttnFwdParams& p = args.p;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, tq = lane % 4;
   const int64_t b = blockIdx.z;
   const int q0 = blockIdx.x * kTile, c0 = blockIdx.y * kTile;
@@ -187,7 +184,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_fwd_mma_kernel(const FwdAr
   stage_transposed<kTile>(sO, kLdF, acc, warp * 16, inv[0], inv[1]);
   __syncthreads();
 
-  const float gamma = read_gamma<T>(args.gamma);
+  const float gamma = read_gamma<T>(p.gamma);
   T* o = static_cast<T*>(p.o);
   T* y = static_cast<T*>(p.y);
   const T* x = static_cast<const T*>(p.x);
@@ -209,14 +206,13 @@ __global__ void __launch_bounds__(kThreads) self_attn_fwd_mma_kernel(const FwdAr
 // Stages lse (split hi + lo in float) and delta of queries [q0, q0 + kTile) into smem; 0 past Nq.
 template <typename T>
 __device__ __forceinline__ void stage_row_stats(float* s_lse_hi, float* s_lse_lo, float* s_delta,
-                                                const BwdArgs& args, int64_t b, int q0) {
-  const SelfAttnBwdParams& p = args.p;
+                                                const SelfAttnBwdParams& p, int64_t b, int q0) {
   for (int i = threadIdx.x; i < kTile; i += kThreads) {
     const int64_t q = q0 + i;
     float hi = 0.f, lo = 0.f, d = 0.f;
     if (q < p.Nq) {
       split_lse(p.lse[b * p.Nq + q], hi, lo);
-      d = static_cast<const float*>(args.delta)[b * p.Nq + q];
+      d = static_cast<const float*>(p.delta)[b * p.Nq + q];
     }
     s_lse_hi[i] = hi;
     s_lse_lo[i] = lo;
@@ -243,7 +239,7 @@ struct DhSmem {
 };
 
 template <typename T, int kCqk>
-__global__ void __launch_bounds__(kThreads) self_attn_bwd_dh_mma_kernel(const BwdArgs args, bool aligned) {
+__global__ void __launch_bounds__(kThreads) self_attn_bwd_dh_mma_kernel(const SelfAttnBwdParams p, bool aligned) {
   using S = DhSmem<T, kCqk>;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sK = reinterpret_cast<T*>(smem) + S::kK;
@@ -254,7 +250,6 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_dh_mma_kernel(const Bw
   float* s_delta = s_lo + kTile;
   float* sOut = reinterpret_cast<float*>(smem);
 
-  const SelfAttnBwdParams& p = args.p;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, tq = lane % 4;
   const int64_t b = blockIdx.z;
   const int k0 = blockIdx.x * kTile, c0 = blockIdx.y * kTile;
@@ -279,7 +274,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_dh_mma_kernel(const Bw
     load_tile<T, kCqk, kTile, kLd, kThreads>(sQ, f + q0, p.f_sc, Cqk, Nq - q0, aligned);
     load_tile<T, kTile, kTile, kLd, kThreads>(sDy, dy + q0, p.dy_sc, Cv - c0, Nq - q0, aligned);
     cp_async_commit();
-    stage_row_stats<T>(s_hi, s_lo, s_delta, args, b, q0);
+    stage_row_stats<T>(s_hi, s_lo, s_delta, p, b, q0);
     cp_async_wait<0>();
     __syncthreads();
     if (qt == 0) {
@@ -304,7 +299,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_dh_mma_kernel(const Bw
     __syncthreads();
   }
 
-  const float gamma = read_gamma<T>(args.gamma);
+  const float gamma = read_gamma<T>(p.gamma);
   stage_transposed<kTile>(sOut, kLdF, acc, warp * 16, gamma, gamma);
   __syncthreads();
   T* dh = static_cast<T*>(p.dh);
@@ -330,7 +325,7 @@ struct DgSmem {
 };
 
 template <typename T, int kCqk>
-__global__ void __launch_bounds__(kThreads) self_attn_bwd_dg_mma_kernel(const BwdArgs args, bool aligned,
+__global__ void __launch_bounds__(kThreads) self_attn_bwd_dg_mma_kernel(const SelfAttnBwdParams p, bool aligned,
                                                                          bool atomic_df) {
   using S = DgSmem<T, kCqk>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -344,7 +339,6 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_dg_mma_kernel(const Bw
   float* s_delta = s_lo + kTile;
   float* sOut = reinterpret_cast<float*>(smem);
 
-  const SelfAttnBwdParams& p = args.p;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, tq = lane % 4;
   const int64_t b = blockIdx.y;
   const int k0 = blockIdx.x * kTile;
@@ -356,7 +350,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_dg_mma_kernel(const Bw
   const T* g = static_cast<const T*>(p.g) + b * p.g_sb + k0;
   const T* h = static_cast<const T*>(p.h) + b * p.h_sb + k0;
   const T* dy = static_cast<const T*>(p.dy) + b * p.dy_sb;
-  float* df_accum = static_cast<float*>(args.df_accum);
+  float* df_accum = static_cast<float*>(p.df_accum);
 
   load_tile<T, kCqk, kTile, kLd, kThreads>(sK, g, p.g_sc, Cqk, Nk - k0, aligned);
 
@@ -369,7 +363,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_dg_mma_kernel(const Bw
   for (int qt = 0; qt < n_qt; ++qt) {
     const int q0 = qt * kTile;
     load_tile<T, kCqk, kTile, kLd, kThreads>(sQ, f + q0, p.f_sc, Cqk, Nq - q0, aligned);
-    stage_row_stats<T>(s_hi, s_lo, s_delta, args, b, q0);
+    stage_row_stats<T>(s_hi, s_lo, s_delta, p, b, q0);
 
     // dp^T (16 keys x 64 queries) = h^T dy over value chunks.
     float dp[kTile / 8][4];
@@ -462,7 +456,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_dg_mma_kernel(const Bw
     __syncthreads();  // before the next query tile overwrites sQ, the stats and sDs
   }
 
-  const float mul = read_gamma<T>(args.gamma) * scale;
+  const float mul = read_gamma<T>(p.gamma) * scale;
   stage_transposed<kCqk>(sOut, kLdF, dk, warp * 16, mul, mul);
   __syncthreads();
   T* dg = static_cast<T*>(p.dg);
@@ -487,7 +481,7 @@ struct DfSmem {
 };
 
 template <typename T, int kCqk>
-__global__ void __launch_bounds__(kThreads) self_attn_bwd_df_mma_kernel(const BwdArgs args, bool aligned) {
+__global__ void __launch_bounds__(kThreads) self_attn_bwd_df_mma_kernel(const SelfAttnBwdParams p, bool aligned) {
   using S = DfSmem<T, kCqk>;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem) + S::kQ;
@@ -499,7 +493,6 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_df_mma_kernel(const Bw
   float* s_delta = s_lo + kTile;
   float* sOut = reinterpret_cast<float*>(smem);
 
-  const SelfAttnBwdParams& p = args.p;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, tq = lane % 4;
   const int64_t b = blockIdx.y;
   const int q0 = blockIdx.x * kTile;
@@ -513,7 +506,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_df_mma_kernel(const Bw
   const T* dy = static_cast<const T*>(p.dy) + b * p.dy_sb + q0;
 
   load_tile<T, kCqk, kTile, kLd, kThreads>(sQ, f, p.f_sc, Cqk, Nq - q0, aligned);
-  stage_row_stats<T>(s_hi, s_lo, s_delta, args, b, q0);
+  stage_row_stats<T>(s_hi, s_lo, s_delta, p, b, q0);
 
   uint32_t qf[kCqk / 16][4];
   float dq[kCqk / 8][4];  // df^T: 16 queries x kCqk channels
@@ -575,7 +568,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_df_mma_kernel(const Bw
     __syncthreads();  // before the next key tile overwrites sK
   }
 
-  const float mul = read_gamma<T>(args.gamma) * scale;
+  const float mul = read_gamma<T>(p.gamma) * scale;
   stage_transposed<kCqk>(sOut, kLdF, dq, warp * 16, mul, mul);
   __syncthreads();
   T* df = static_cast<T*>(p.df);
@@ -598,8 +591,7 @@ cudaError_t set_smem(Kernel kernel, size_t bytes) {
 }
 
 template <typename T, int kCqk>
-cudaError_t launch_fwd(const FwdArgs& args, cudaStream_t stream) {
-  const SelfAttnFwdParams& p = args.p;
+cudaError_t launch_fwd(const SelfAttnFwdParams& p, cudaStream_t stream) {
   const bool aligned = tiles_aligned(p.f, p.f_sb, p.f_sc, p.Nq) && tiles_aligned(p.g, p.g_sb, p.g_sc, p.Nk) &&
                        tiles_aligned(p.h, p.h_sb, p.h_sc, p.Nk);
   constexpr size_t bytes = FwdSmem<T, kCqk>::kBytes;
@@ -607,39 +599,42 @@ cudaError_t launch_fwd(const FwdArgs& args, cudaStream_t stream) {
   if (cudaError_t e = set_smem(kernel, bytes); e != cudaSuccess) return e;
   const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, kTile)), static_cast<unsigned>(ceil_div(p.Cv, kTile)),
                   static_cast<unsigned>(p.B));
-  kernel<<<grid, kThreads, bytes, stream>>>(args, aligned);
+  kernel<<<grid, kThreads, bytes, stream>>>(p, aligned);
   return cudaGetLastError();
 }
 
 template <typename T, int kCqk>
-cudaError_t launch_bwd(const BwdArgs& args, cudaStream_t stream) {
-  const SelfAttnBwdParams& p = args.p;
+cudaError_t launch_bwd(const SelfAttnBwdParams& p, cudaStream_t stream) {
   const bool aligned = tiles_aligned(p.f, p.f_sb, p.f_sc, p.Nq) && tiles_aligned(p.g, p.g_sb, p.g_sc, p.Nk) &&
                        tiles_aligned(p.h, p.h_sb, p.h_sc, p.Nk) &&
                        tiles_aligned(p.dy, p.dy_sb, p.dy_sc, p.Nq);
-  const bool atomic_df = !args.deterministic && args.df_accum != nullptr;
+  const bool atomic_df = atomic_df_in_dg(p);
   const unsigned B = static_cast<unsigned>(p.B);
   const unsigned n_qt = static_cast<unsigned>(ceil_div(p.Nq, kTile));
   const unsigned n_kt = static_cast<unsigned>(ceil_div(p.Nk, kTile));
   const unsigned n_cc = static_cast<unsigned>(ceil_div(p.Cv, kTile));
 
-  auto dh_kernel = self_attn_bwd_dh_mma_kernel<T, kCqk>;
-  constexpr size_t dh_bytes = DhSmem<T, kCqk>::kBytes;
-  if (cudaError_t e = set_smem(dh_kernel, dh_bytes); e != cudaSuccess) return e;
-  dh_kernel<<<dim3(n_kt, n_cc, B), kThreads, dh_bytes, stream>>>(args, aligned);
-  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  if (p.want_dh) {
+    auto dh_kernel = self_attn_bwd_dh_mma_kernel<T, kCqk>;
+    constexpr size_t dh_bytes = DhSmem<T, kCqk>::kBytes;
+    if (cudaError_t e = set_smem(dh_kernel, dh_bytes); e != cudaSuccess) return e;
+    dh_kernel<<<dim3(n_kt, n_cc, B), kThreads, dh_bytes, stream>>>(p, aligned);
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  }
 
-  auto dg_kernel = self_attn_bwd_dg_mma_kernel<T, kCqk>;
-  constexpr size_t dg_bytes = DgSmem<T, kCqk>::kBytes;
-  if (cudaError_t e = set_smem(dg_kernel, dg_bytes); e != cudaSuccess) return e;
-  dg_kernel<<<dim3(n_kt, B), kThreads, dg_bytes, stream>>>(args, aligned, atomic_df);
-  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  if (p.want_dg) {
+    auto dg_kernel = self_attn_bwd_dg_mma_kernel<T, kCqk>;
+    constexpr size_t dg_bytes = DgSmem<T, kCqk>::kBytes;
+    if (cudaError_t e = set_smem(dg_kernel, dg_bytes); e != cudaSuccess) return e;
+    dg_kernel<<<dim3(n_kt, B), kThreads, dg_bytes, stream>>>(p, aligned, atomic_df);
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  }
 
-  if (!atomic_df) {
+  if (p.want_df && !atomic_df) {
     auto df_kernel = self_attn_bwd_df_mma_kernel<T, kCqk>;
     constexpr size_t df_bytes = DfSmem<T, kCqk>::kBytes;
     if (cudaError_t e = set_smem(df_kernel, df_bytes); e != cudaSuccess) return e;
-    df_kernel<<<dim3(n_qt, B), kThreads, df_bytes, stream>>>(args, aligned);
+    df_kernel<<<dim3(n_qt, B), kThreads, df_bytes, stream>>>(p, aligned);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   }
   return cudaSuccess;

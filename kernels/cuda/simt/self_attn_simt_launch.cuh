@@ -37,10 +37,9 @@ inline bool use_wide(int64_t channels) {
 }
 
 template <typename T, int VC>
-cudaError_t launch_fwd_vc(const FwdArgs& args, cudaStream_t stream) {
+cudaError_t launch_fwd_vc(const SelfAttnFwdParams& p, cudaStream_t stream) {
   using Acc = acc_t<T>;
   using S = FwdSmem<Acc, VC>;
-  const SelfAttnFwdParams& p = args.p;
   dim3 grid;
   const int64_t n_cv = p.Cv > 0 ? ceil_div(p.Cv, S::kBCV) : 1;  // chunk 0 writes lse
   if (!make_grid(ceil_div(p.Nq, kBlockQ), n_cv, p.B, &grid)) return cudaErrorInvalidConfiguration;
@@ -48,41 +47,38 @@ cudaError_t launch_fwd_vc(const FwdArgs& args, cudaStream_t stream) {
   auto kernel = self_attn_simt_fwd_kernel<T, Acc, VC>;
   cudaError_t err = set_smem(kernel, S::kBytes);
   if (err != cudaSuccess) return err;
-  kernel<<<grid, kThreads, S::kBytes, stream>>>(p, static_cast<const T*>(args.gamma), scale_exp);
+  kernel<<<grid, kThreads, S::kBytes, stream>>>(p, static_cast<const T*>(p.gamma), scale_exp);
   return cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t launch_fwd(const FwdArgs& args, cudaStream_t stream) {
+cudaError_t launch_fwd(const SelfAttnFwdParams& p, cudaStream_t stream) {
   using Acc = acc_t<T>;
-  const SelfAttnFwdParams& p = args.p;
   if (p.B <= 0 || p.Nq <= 0) return cudaSuccess;  // no output element
-  if (use_wide<Acc>(p.Cv)) return launch_fwd_vc<T, SimtChannelTiles<Acc>::kWide>(args, stream);
-  return launch_fwd_vc<T, SimtChannelTiles<Acc>::kNarrow>(args, stream);
+  if (use_wide<Acc>(p.Cv)) return launch_fwd_vc<T, SimtChannelTiles<Acc>::kWide>(p, stream);
+  return launch_fwd_vc<T, SimtChannelTiles<Acc>::kNarrow>(p, stream);
 }
 
 template <typename T, int VC>
-cudaError_t launch_bwd_dh(const BwdArgs& args, typename AccumulateType<T>::type scale_exp,
+cudaError_t launch_bwd_dh(const SelfAttnBwdParams& p, typename AccumulateType<T>::type scale_exp,
                           cudaStream_t stream) {
   using Acc = acc_t<T>;
   using S = DhSmem<Acc, VC>;
-  const SelfAttnBwdParams& p = args.p;
   dim3 grid;
   if (!make_grid(ceil_div(p.Nk, kBlockK), ceil_div(p.Cv, S::kBCV), p.B, &grid))
     return cudaErrorInvalidConfiguration;
   auto kernel = self_attn_simt_bwd_dh_kernel<T, Acc, VC>;
   cudaError_t err = set_smem(kernel, S::kBytes);
   if (err != cudaSuccess) return err;
-  kernel<<<grid, kThreads, S::kBytes, stream>>>(p, static_cast<const T*>(args.gamma), scale_exp);
+  kernel<<<grid, kThreads, S::kBytes, stream>>>(p, static_cast<const T*>(p.gamma), scale_exp);
   return cudaGetLastError();
 }
 
 template <typename T, int VC>
-cudaError_t launch_bwd_dg(const BwdArgs& args, typename AccumulateType<T>::type scale_exp,
+cudaError_t launch_bwd_dg(const SelfAttnBwdParams& p, typename AccumulateType<T>::type scale_exp,
                           bool atomic_df, cudaStream_t stream) {
   using Acc = acc_t<T>;
   using S = DgSmem<Acc, VC>;
-  const SelfAttnBwdParams& p = args.p;
   dim3 grid;
   if (!make_grid(ceil_div(p.Nk, kBlockK), ceil_div(p.Cqk, S::kBCQ), p.B, &grid))
     return cudaErrorInvalidConfiguration;
@@ -90,56 +86,55 @@ cudaError_t launch_bwd_dg(const BwdArgs& args, typename AccumulateType<T>::type 
   auto kernel = self_attn_simt_bwd_dg_kernel<T, Acc, VC>;
   cudaError_t err = set_smem(kernel, S::kBytesAtomic);  // the larger of the two, once for both
   if (err != cudaSuccess) return err;
-  kernel<<<grid, kThreads, bytes, stream>>>(p, static_cast<const T*>(args.gamma),
-                                            static_cast<const Acc*>(args.delta),
-                                            atomic_df ? static_cast<Acc*>(args.df_accum) : nullptr,
+  kernel<<<grid, kThreads, bytes, stream>>>(p, static_cast<const T*>(p.gamma),
+                                            static_cast<const Acc*>(p.delta),
+                                            atomic_df ? static_cast<Acc*>(p.df_accum) : nullptr,
                                             scale_exp);
   return cudaGetLastError();
 }
 
 template <typename T, int VC>
-cudaError_t launch_bwd_df(const BwdArgs& args, typename AccumulateType<T>::type scale_exp,
+cudaError_t launch_bwd_df(const SelfAttnBwdParams& p, typename AccumulateType<T>::type scale_exp,
                           cudaStream_t stream) {
   using Acc = acc_t<T>;
   using S = DfSmem<Acc, VC>;
-  const SelfAttnBwdParams& p = args.p;
   dim3 grid;
   if (!make_grid(ceil_div(p.Nq, kBlockQ), ceil_div(p.Cqk, S::kBCQ), p.B, &grid))
     return cudaErrorInvalidConfiguration;
   auto kernel = self_attn_simt_bwd_df_kernel<T, Acc, VC>;
   cudaError_t err = set_smem(kernel, S::kBytes);
   if (err != cudaSuccess) return err;
-  kernel<<<grid, kThreads, S::kBytes, stream>>>(p, static_cast<const T*>(args.gamma),
-                                                static_cast<const Acc*>(args.delta), scale_exp);
+  kernel<<<grid, kThreads, S::kBytes, stream>>>(p, static_cast<const T*>(p.gamma),
+                                                static_cast<const Acc*>(p.delta), scale_exp);
   return cudaGetLastError();
 }
 
-// dh, then dg (with the atomic df when df_accum is given and determinism is not asked for), then the
-// deterministic df. A kernel whose output is empty is not launched; one whose contraction is empty
-// (Nq == 0 for dh and dg, Nk == 0 for df) still writes its zeros.
+// dh, then dg (with the atomic df when df_accum is given, determinism is not asked for and dg is
+// wanted anyway), then the deterministic df. Only the wanted gradients are launched. A kernel whose
+// output is empty is not launched; one whose contraction is empty (Nq == 0 for dh and dg, Nk == 0 for
+// df) still writes its zeros.
 template <typename T>
-cudaError_t launch_bwd(const BwdArgs& args, cudaStream_t stream) {
+cudaError_t launch_bwd(const SelfAttnBwdParams& p, cudaStream_t stream) {
   using Acc = acc_t<T>;
   constexpr int kWide = SimtChannelTiles<Acc>::kWide;
   constexpr int kNarrow = SimtChannelTiles<Acc>::kNarrow;
-  const SelfAttnBwdParams& p = args.p;
   if (p.B <= 0) return cudaSuccess;
   const Acc scale_exp = static_cast<Acc>(p.scale * ExpBase<Acc>::kFromNatural);
-  const bool atomic_df = !args.deterministic && args.df_accum != nullptr;
+  const bool atomic_df = atomic_df_in_dg(p);
   cudaError_t err = cudaSuccess;
-  if (p.Cv > 0 && p.Nk > 0) {
-    err = use_wide<Acc>(p.Cv) ? launch_bwd_dh<T, kWide>(args, scale_exp, stream)
-                              : launch_bwd_dh<T, kNarrow>(args, scale_exp, stream);
+  if (p.want_dh && p.Cv > 0 && p.Nk > 0) {
+    err = use_wide<Acc>(p.Cv) ? launch_bwd_dh<T, kWide>(p, scale_exp, stream)
+                              : launch_bwd_dh<T, kNarrow>(p, scale_exp, stream);
     if (err != cudaSuccess) return err;
   }
-  if (p.Cqk > 0 && p.Nk > 0) {
-    err = use_wide<Acc>(p.Cqk) ? launch_bwd_dg<T, kWide>(args, scale_exp, atomic_df, stream)
-                               : launch_bwd_dg<T, kNarrow>(args, scale_exp, atomic_df, stream);
+  if (p.want_dg && p.Cqk > 0 && p.Nk > 0) {
+    err = use_wide<Acc>(p.Cqk) ? launch_bwd_dg<T, kWide>(p, scale_exp, atomic_df, stream)
+                               : launch_bwd_dg<T, kNarrow>(p, scale_exp, atomic_df, stream);
     if (err != cudaSuccess) return err;
   }
-  if (!atomic_df && p.Cqk > 0 && p.Nq > 0) {
-    err = use_wide<Acc>(p.Cqk) ? launch_bwd_df<T, kWide>(args, scale_exp, stream)
-                               : launch_bwd_df<T, kNarrow>(args, scale_exp, stream);
+  if (p.want_df && !atomic_df && p.Cqk > 0 && p.Nq > 0) {
+    err = use_wide<Acc>(p.Cqk) ? launch_bwd_df<T, kWide>(p, scale_exp, stream)
+                               : launch_bwd_df<T, kNarrow>(p, scale_exp, stream);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;

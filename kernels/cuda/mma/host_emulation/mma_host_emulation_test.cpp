@@ -201,8 +201,7 @@ Outcome run_case_k(const Case& cs, unsigned sched_seed, bool quiet = false) {
   const int errors_before = emu::g_errors.load();
 
   // Forward, as launch_fwd runs it.
-  FwdArgs a;
-  SelfAttnFwdParams& p = a.p;
+  SelfAttnFwdParams p;
   p.B = s.B; p.Cqk = s.Cqk; p.Cv = s.Cv; p.Nq = s.Nq; p.Nk = s.Nk;
   p.f = f.ptr(); p.f_sb = f.sb; p.f_sc = f.sc;
   p.g = g.ptr(); p.g_sb = g.sb; p.g_sc = g.sc;
@@ -211,12 +210,12 @@ Outcome run_case_k(const Case& cs, unsigned sched_seed, bool quiet = false) {
   std::vector<T> o(s.B * s.Cv * s.Nq, D::from_d(std::nan(""))), y = o;
   std::vector<double> lse(s.B * s.Nq, std::nan(""));
   p.o = o.data(); p.y = y.data(); p.lse = lse.data(); p.scale = cs.scale;
-  a.gamma = &gamma_t;
+  p.gamma = &gamma_t;
   const bool aligned = tiles_aligned(p.f, p.f_sb, p.f_sc, p.Nq) && tiles_aligned(p.g, p.g_sb, p.g_sc, p.Nk) &&
                        tiles_aligned(p.h, p.h_sb, p.h_sc, p.Nk);
   if (aligned != cs.aligned_data) { fprintf(stderr, "test setup: aligned path %d for aligned data %d\n", aligned, cs.aligned_data); std::abort(); }
   emu::launch(dim3(ceil_div(s.Nq, kTile), ceil_div(s.Cv, kTile), s.B), kThreads, FwdSmem<T, kCqk>::kBytes, sched_seed,
-              [&] { self_attn_fwd_mma_kernel<T, kCqk>(a, aligned); });
+              [&] { self_attn_fwd_mma_kernel<T, kCqk>(p, aligned); });
 
   // Backward with the kernel's lse and o, delta as the glue computes it (float32 sum of dy * o).
   std::vector<float> delta(s.B * s.Nq);
@@ -226,8 +225,7 @@ Outcome run_case_k(const Case& cs, unsigned sched_seed, bool quiet = false) {
       for (int64_t c = 0; c < s.Cv; ++c) d += static_cast<float>(dy.at(b, c, i)) * static_cast<float>(D::to_d(o[(b * s.Cv + c) * s.Nq + i]));
       delta[b * s.Nq + i] = d;
     }
-  BwdArgs ba;
-  SelfAttnBwdParams& q = ba.p;
+  SelfAttnBwdParams q;
   q.B = s.B; q.Cqk = s.Cqk; q.Cv = s.Cv; q.Nq = s.Nq; q.Nk = s.Nk;
   q.dy = dy.ptr(); q.dy_sb = dy.sb; q.dy_sc = dy.sc;
   q.f = p.f; q.f_sb = p.f_sb; q.f_sc = p.f_sc; q.g = p.g; q.g_sb = p.g_sb; q.g_sc = p.g_sc;
@@ -236,25 +234,25 @@ Outcome run_case_k(const Case& cs, unsigned sched_seed, bool quiet = false) {
   std::vector<T> dh(s.B * s.Cv * s.Nk, nan_t), dg(s.B * s.Cqk * s.Nk, nan_t), df(s.B * s.Cqk * s.Nq, nan_t),
       dg_atomic = dg;
   q.dh = dh.data(); q.dg = dg.data(); q.df = df.data();
-  ba.gamma = &gamma_t;
-  ba.delta = delta.data();
+  q.gamma = &gamma_t;
+  q.delta = delta.data();
   const bool aligned_b = aligned && tiles_aligned(q.dy, q.dy_sb, q.dy_sc, q.Nq);
   const unsigned n_qt = ceil_div(s.Nq, kTile), n_kt = ceil_div(s.Nk, kTile), n_cc = ceil_div(s.Cv, kTile);
   const unsigned B = static_cast<unsigned>(s.B);
   emu::launch(dim3(n_kt, n_cc, B), kThreads, DhSmem<T, kCqk>::kBytes, sched_seed + 1,
-              [&] { self_attn_bwd_dh_mma_kernel<T, kCqk>(ba, aligned_b); });
+              [&] { self_attn_bwd_dh_mma_kernel<T, kCqk>(q, aligned_b); });
   // Deterministic mode: dg without atomics, then the df kernel.
   emu::launch(dim3(n_kt, B), kThreads, DgSmem<T, kCqk>::kBytes, sched_seed + 2,
-              [&] { self_attn_bwd_dg_mma_kernel<T, kCqk>(ba, aligned_b, false); });
+              [&] { self_attn_bwd_dg_mma_kernel<T, kCqk>(q, aligned_b, false); });
   emu::launch(dim3(n_qt, B), kThreads, DfSmem<T, kCqk>::kBytes, sched_seed + 3,
-              [&] { self_attn_bwd_df_mma_kernel<T, kCqk>(ba, aligned_b); });
+              [&] { self_attn_bwd_df_mma_kernel<T, kCqk>(q, aligned_b); });
   // Atomic mode: dg again (into its own buffer) and df_accum += ds g; the glue finishes
   // df = gamma * scale * df_accum in float32 and rounds to T.
   std::vector<float> df_accum(s.B * s.Cqk * s.Nq, 0.f);
-  ba.df_accum = df_accum.data();
+  q.df_accum = df_accum.data();
   q.dg = dg_atomic.data();
   emu::launch(dim3(n_kt, B), kThreads, DgSmem<T, kCqk>::kBytes, sched_seed + 4,
-              [&] { self_attn_bwd_dg_mma_kernel<T, kCqk>(ba, aligned_b, true); });
+              [&] { self_attn_bwd_dg_mma_kernel<T, kCqk>(q, aligned_b, true); });
   const float mul = static_cast<float>(gamma) * static_cast<float>(cs.scale);
   std::vector<T> dfa(df_accum.size());
   for (size_t i = 0; i < dfa.size(); ++i) dfa[i] = D::from_d(df_accum[i] * mul);
@@ -297,14 +295,16 @@ Outcome run_case_k(const Case& cs, unsigned sched_seed, bool quiet = false) {
   return out;
 }
 
-// The padded Cqk as the dispatch (self_attn_mma_dispatch.cu) picks it.
+// The padded Cqk as the dispatch (self_attn_cuda_dispatch.cu) picks it, through the same switch.
 template <typename T>
 Outcome run_case(const Case& cs, unsigned sched_seed, bool quiet = false) {
-  const int64_t c = cs.s.Cqk;
-  if (c <= 16) return run_case_k<T, 16>(cs, sched_seed, quiet);
-  if (c <= 32) return run_case_k<T, 32>(cs, sched_seed, quiet);
-  if (c <= 64) return run_case_k<T, 64>(cs, sched_seed, quiet);
-  return run_case_k<T, 128>(cs, sched_seed, quiet);
+  return with_smallest_at_least(
+      PaddedCqks{}, cs.s.Cqk,
+      [&](auto cqk) { return run_case_k<T, decltype(cqk)::value>(cs, sched_seed, quiet); },
+      [&]() -> Outcome {
+        fprintf(stderr, "test setup: Cqk %ld is beyond the tensor-core kernels\n", (long)cs.s.Cqk);
+        std::abort();
+      });
 }
 
 // The dtype's cases: every padded Cqk on both load paths, odd shapes.
@@ -354,16 +354,15 @@ int softmax_specials() {
   for (int j = 0; j < Nk; ++j) { g.set(0, 0, j, 1.0); g.set(0, 1, j, j < 64 ? 1.0 : 0.0); }
   for (int c = 0; c < Cv; ++c) for (int j = 0; j < Nk; ++j) h.set(0, c, j, 0.01 * ((c * 37 + j * 11) % 97) - 0.4);
   const T gamma_t = D::from_d(2.0);
-  FwdArgs a;
-  SelfAttnFwdParams& p = a.p;
+  SelfAttnFwdParams p;
   p.B = B; p.Cqk = Cqk; p.Cv = Cv; p.Nq = Nq; p.Nk = Nk;
   p.f = f.ptr(); p.f_sb = f.sb; p.f_sc = f.sc; p.g = g.ptr(); p.g_sb = g.sb; p.g_sc = g.sc; p.h = h.ptr(); p.h_sb = h.sb; p.h_sc = h.sc;
   std::vector<T> o(B * Cv * Nq, D::from_d(7)), y = o;
   std::vector<double> lse(B * Nq, 7.0);
   p.o = o.data(); p.y = y.data(); p.lse = lse.data();
   p.scale = 1e37;  // |s| = 100: |s| scale log2(e) overflows float32 to inf; s = 0 stays 0
-  a.gamma = &gamma_t;
-  emu::launch(dim3(1, 1, 1), kThreads, FwdSmem<T, 16>::kBytes, 7, [&] { self_attn_fwd_mma_kernel<T, 16>(a, false); });
+  p.gamma = &gamma_t;
+  emu::launch(dim3(1, 1, 1), kThreads, FwdSmem<T, 16>::kBytes, 7, [&] { self_attn_fwd_mma_kernel<T, 16>(p, false); });
   int bad = 0;
   auto chk = [&](bool c, const char* w) { if (!c) { printf("FAIL %s %s\n", D::kName, w); ++bad; } };
   for (int c = 0; c < Cv; ++c) {
