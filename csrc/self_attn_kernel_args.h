@@ -39,8 +39,8 @@ struct BwdTensors {
   at::Tensor df_accum;
 };
 
-// The params of a backward launch, complete but for dgamma (a host scalar on the CPU, written by the
-// glue on CUDA).
+// The params of a backward launch, complete but for dgamma (one float64: a host scalar on the CPU, a
+// device tensor on CUDA).
 inline kernels::SelfAttnBwdParams bwd_params(const BwdTensors& t, double scale, bool deterministic) {
   kernels::SelfAttnBwdParams p;
   p.B = t.f.size(0); p.Cqk = t.f.size(1); p.Nq = t.f.size(2); p.Nk = t.g.size(2); p.Cv = t.h.size(1);

@@ -54,10 +54,10 @@ struct SelfAttnBwdParams {
   const void* o = nullptr;  int64_t o_sb = 0, o_sc = 0;
   const double* lse = nullptr;  // (B, Nq) contiguous, float64
   const void* gamma = nullptr;  // one element of the storage dtype (see SelfAttnFwdParams::gamma)
-  // Row statistic (B, Nq) contiguous, accumulate dtype: delta_i above. The CPU kernel writes it; on
-  // CUDA the glue still computes it (and dgamma) with ATen before the launch.
+  // Row statistic (B, Nq) contiguous, accumulate dtype: delta_i above, written by the backward's
+  // first pass (CPU kernel; CUDA: kernels/cuda/self_attn_bwd_rowstats.cuh) and read by the others.
   void* delta = nullptr;
-  double* dgamma = nullptr;     // one value; written by the CPU kernel (CUDA: by the glue, see delta)
+  double* dgamma = nullptr;     // one float64 value, written by the backward (host or device memory)
   void* df = nullptr;       // (B, Cqk, Nq) contiguous, storage dtype
   void* dg = nullptr;       // (B, Cqk, Nk) contiguous, storage dtype
   void* dh = nullptr;       // (B, Cv, Nk) contiguous, storage dtype
@@ -66,7 +66,7 @@ struct SelfAttnBwdParams {
   bool want_df = true, want_dg = true, want_dh = true;
   // CUDA only. deterministic == false and df_accum != nullptr: the dg kernels atomically add
   // sum_j ds_ij g[c, j] (no gamma, no scale) into df_accum, a zeroed (B, Cqk, Nq) contiguous buffer of
-  // the accumulate dtype, and the glue finishes df = gamma * scale * df_accum. Otherwise a separate
+  // the accumulate dtype, and a last kernel writes df = gamma * scale * df_accum. Otherwise a separate
   // kernel sums each df element in a fixed order (bit-identical run to run).
   void* df_accum = nullptr;
   bool deterministic = false;

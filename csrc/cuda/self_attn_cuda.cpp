@@ -71,11 +71,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cu
   const auto acc = self_attn_accum_type(dtype);
 
   const int64_t B = t.f.size(0), Cqk = t.f.size(1), Nq = t.f.size(2), Nk = t.g.size(2), Cv = t.h.size(1);
-  // delta_i = sum_c dy[c, i] o[c, i] (FlashAttention-2's D, before gamma), and from it
-  // dgamma = sum over everything of dy * o: O(B Cv Nq), against O(B Nq Nk (Cqk + Cv)) in the kernels.
-  // Still ATen here, not a kernel as on the CPU (see kernels/self_attn_params.h).
-  t.delta = at::sum(t.dy.to(acc) * t.o.to(acc), {1}).contiguous();
-  const at::Tensor grad_gamma = t.delta.sum().to(t.gamma.scalar_type()).reshape(gamma_in.sizes());
+  // The kernels write delta (the row statistic) and dgamma (float64) themselves.
+  t.delta = at::empty({B, Nq}, t.f.options().dtype(acc));
+  at::Tensor dgamma = at::empty({}, t.f.options().dtype(at::kDouble));
 
   if (output_mask[0]) t.df = at::empty({B, Cqk, Nq}, t.f.options());
   if (output_mask[1]) t.dg = at::empty({B, Cqk, Nk}, t.f.options());
@@ -84,12 +82,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cu
   if (output_mask[0] && output_mask[1] && !deterministic) {
     t.df_accum = at::zeros({B, Cqk, Nq}, t.f.options().dtype(acc));
   }
-  const kernels::SelfAttnBwdParams p = bwd_params(t, scale, deterministic);
+  kernels::SelfAttnBwdParams p = bwd_params(t, scale, deterministic);
+  p.dgamma = dgamma.mutable_data_ptr<double>();
   C10_CUDA_CHECK(kc::self_attn_bwd(kernel_dtype(dtype), p, c10::cuda::getCurrentCUDAStream()));
-  if (kc::atomic_df_in_dg(p)) {
-    t.df.copy_(t.df_accum.mul_(t.gamma.to(acc).reshape({}) * scale));
-  }
-  return {t.df, t.dg, t.dh, grad_gamma};
+  return {t.df, t.dg, t.dh, dgamma.to(t.gamma.scalar_type()).reshape(gamma_in.sizes())};
 }
 
 }  // namespace

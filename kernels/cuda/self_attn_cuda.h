@@ -24,16 +24,16 @@ enum class DType { kFloat16, kBFloat16, kFloat32, kFloat64 };
 
 // Forward and backward take the params struct of kernels/self_attn_params.h, the whole contract of a
 // launch: all pointers are device pointers of dtype `dtype` (lse float64; delta, df_accum the
-// accumulate type), gamma is read on the device. The backward reads p.delta (computed by the glue),
-// writes the wanted ones of p.df, p.dg, p.dh (contiguous, fully), and ignores p.o and p.dgamma.
+// accumulate type; dgamma float64), gamma is read on the device. The backward writes p.delta and
+// p.dgamma (from p.dy and p.o), then the wanted ones of p.df, p.dg, p.dh (contiguous, fully).
 //   dh[c, j] = gamma * sum_i p_ij dy[c, i]
 //   dg[c, j] = gamma * scale * sum_i ds_ij f[c, i]
 //   df[c, i] = gamma * scale * sum_j ds_ij g[c, j]
 //   with ds_ij = p_ij (dp_ij - delta_i), dp_ij = sum_c dy[c, i] h[c, j],
 //   p_ij = exp(scale * s_ij - lse_i) recomputed from the saved float64 lse.
 
-// Whether the dg kernels also accumulate df with atomics (the glue then finishes df = gamma * scale *
-// df_accum): only when dg is computed anyway, df is wanted, determinism is not asked for and a buffer
+// Whether the dg kernels also accumulate df with atomics (a last kernel then writes df = gamma *
+// scale * df_accum): only when dg is computed anyway, df is wanted, determinism is not asked for and a buffer
 // is given. Otherwise a separate df kernel sums each element in a fixed order.
 inline bool atomic_df_in_dg(const SelfAttnBwdParams& p) {
   return p.want_df && p.want_dg && !p.deterministic && p.df_accum != nullptr;

@@ -1,10 +1,12 @@
-// The one place that chooses the CUDA kernel of a call: the family (tensor cores or SIMT), the tile
+// The one place that chooses the CUDA kernels of a call: the family (tensor cores or SIMT), the tile
 // configuration (the padded Cqk of the tensor-core kernels) and the grid limits, through the switches
-// of self_attn_static_switch.h into the launchers declared by self_attn_cuda_instantiations.h.
+// of self_attn_static_switch.h into the launchers declared by self_attn_cuda_instantiations.h; and the
+// whole backward: its pre- and post-processing (self_attn_bwd_rowstats.cuh) around the family's kernels.
 #include <cstdlib>
 #include <cstring>
 
 #include "kernels/cuda/mma/self_attn_mma_traits.h"
+#include "kernels/cuda/self_attn_bwd_rowstats.cuh"
 #include "kernels/cuda/self_attn_cuda.h"
 #include "kernels/cuda/self_attn_cuda_instantiations.h"
 #include "kernels/cuda/self_attn_static_switch.h"
@@ -61,13 +63,23 @@ cudaError_t self_attn_fwd(DType dtype, const SelfAttnFwdParams& p, cudaStream_t 
       });
 }
 
+// delta and dgamma, the family's kernels, then (atomic mode) df from df_accum.
 cudaError_t self_attn_bwd(DType dtype, const SelfAttnBwdParams& p, cudaStream_t stream) {
-  return dispatch(
+  if (p.B <= 0 || p.Nq <= 0) return cudaSuccess;  // the checks forbid it; nothing to write
+  cudaError_t e = with_dtype(dtype, [&](auto tag) {
+    return rowstats::launch_pre<typename decltype(tag)::type>(p, stream);
+  });
+  if (e != cudaSuccess) return e;
+  e = dispatch(
       dtype, p,
       [&](auto tag) { return simt::launch_bwd<typename decltype(tag)::type>(p, stream); },
       [&](auto tag, auto cqk) {
         return mma::launch_bwd<typename decltype(tag)::type, decltype(cqk)::value>(p, stream);
       });
+  if (e != cudaSuccess || !atomic_df_in_dg(p)) return e;
+  return with_dtype(dtype, [&](auto tag) {
+    return rowstats::launch_post<typename decltype(tag)::type>(p, stream);
+  });
 }
 
 }  // namespace sagan::kernels::cuda

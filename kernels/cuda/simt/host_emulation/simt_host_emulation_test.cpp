@@ -8,6 +8,7 @@
 // (from the repository root; about two minutes on two cores; an argument 1..6 runs one group).
 #include "kernels/cuda/simt/host_emulation/simt_host_emulation.h"
 #include "kernels/cuda/simt/self_attn_simt_kernel.cuh"
+#include "kernels/cuda/self_attn_bwd_rowstats.cuh"
 #include <algorithm>
 #include <cassert>
 #include <limits>
@@ -155,17 +156,29 @@ bool test(const Shape& s, bool with_x, double gamma_v, double scale, int64_t gy_
   bool nan = false, ok = true;
   double e_o = rel_err(o, r.o, "o", &nan), e_y = rel_err(y, r.y, "y", &nan), e_l = rel_err(lse, r.lse, "lse", &nan);
 
-  // Backward, with the kernel's lse, delta from the reference (in Acc).
+  // Backward, with the kernel's lse and o; delta and dgamma by the rowstats kernels (as the dispatch
+  // runs them before the family's kernels).
   SelfAttnBwdParams q;
   q.B = s.B; q.Cqk = s.Cqk; q.Cv = s.Cv; q.Nq = s.Nq; q.Nk = s.Nk;
   q.dy = dy.data.data(); q.dy_sb = dy.sb; q.dy_sc = dy.sc;
   q.f = p.f; q.f_sb = p.f_sb; q.f_sc = p.f_sc; q.g = p.g; q.g_sb = p.g_sb; q.g_sc = p.g_sc;
   q.h = p.h; q.h_sb = p.h_sb; q.h_sc = p.h_sc; q.lse = lse.data(); q.scale = scale;
+  q.o = o.data(); q.o_sb = s.Cv * s.Nq; q.o_sc = s.Nq; q.gamma = &gamma_t;
   std::vector<T> dh(s.B * s.Cv * s.Nk, from_d<T>(std::nan(""))), dg(s.B * s.Cqk * s.Nk, from_d<T>(std::nan(""))),
       df(s.B * s.Cqk * s.Nq, from_d<T>(std::nan(""))), df2 = df;
   q.dh = dh.data(); q.dg = dg.data(); q.df = df.data();
-  std::vector<Acc> delta(s.B * s.Nq);
-  for (size_t i = 0; i < delta.size(); ++i) delta[i] = static_cast<Acc>(r.delta[i]);
+  std::vector<Acc> delta(s.B * s.Nq, Acc(std::nan("")));
+  double dgamma = std::nan("");
+  q.delta = delta.data(); q.dgamma = &dgamma;
+  if (s.B > 0 && s.Nq > 0) {
+    const int64_t gy = std::min(s.B, gz_cap);
+    for (int64_t by = 0; by < gy; ++by)
+      for (int64_t bx = 0; bx < ceil_div(s.Nq, rowstats::kThreads); ++bx)
+        emu::run_block(rowstats::kThreads, seed + 5 + (unsigned)(bx * 31 + by), 0,
+                       [&](int tid, void*) { rowstats::delta_block<T>(q, tid, bx, by, gy); });
+    emu::run_block(rowstats::kThreads, seed + 6, rowstats::kThreads * sizeof(double),
+                   [&](int tid, void* sm) { rowstats::dgamma_block<T>(q, static_cast<double*>(sm), tid); });
+  }
   std::vector<Acc> dfacc(s.B * s.Cqk * s.Nq, Acc(0));
   if (s.B > 0 && s.Cv > 0 && s.Nk > 0) {
     using S = DhSmem<Acc, VCB>;
@@ -192,15 +205,27 @@ bool test(const Shape& s, bool with_x, double gamma_v, double scale, int64_t gy_
       bwd_df_block<T, Acc, VCB>(q, &gamma_t, delta.data(), scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, gy, gz);
     });
   }
-  for (size_t i = 0; i < df2.size(); ++i) df2[i] = from_d<T>(gamma * scale * to_d(dfacc[i]));
+  if (!df2.empty()) {  // the post-processing of the atomic mode: df = gamma scale df_accum
+    SelfAttnBwdParams post = q;
+    post.df = df2.data(); post.df_accum = dfacc.data();
+    const int64_t gx = std::min<int64_t>(ceil_div(df2.size(), rowstats::kThreads), 3);  // grid-stride loop
+    for (int64_t bx = 0; bx < gx; ++bx)
+      emu::run_block(rowstats::kThreads, seed + 7 + (unsigned)bx, 0,
+                     [&](int tid, void*) { rowstats::df_finish_block<T>(post, tid, bx, gx); });
+  }
+  double dgamma_ref = 0;
+  for (double d : r.delta) dgamma_ref += d;
+  double delta_mag = 0;  // sum of |delta|: the yardstick of a sum that may cancel
+  for (double d : r.delta) delta_mag += std::abs(d);
+  const double e_dgamma = s.Nq > 0 ? std::abs(dgamma - dgamma_ref) / std::max(delta_mag, 1e-300) : 0.0;
   double e_dh = rel_err(dh, r.dh, "dh", &nan), e_dg = rel_err(dg, r.dg, "dg", &nan), e_df = rel_err(df, r.df, "df", &nan),
-         e_df2 = rel_err(df2, r.df, "df_atomic", &nan);
-  double worst = std::max({e_o, e_y, e_l, e_dh, e_dg, e_df, e_df2});
-  if (s.Nk == 0) worst = std::max({e_y, e_dh, e_dg, e_df, e_df2});  // lse = -inf there; checked below
+         e_df2 = rel_err(df2, r.df, "df_atomic", &nan), e_delta = rel_err(delta, r.delta, "delta", &nan);
+  double worst = std::max({e_o, e_y, e_l, e_dh, e_dg, e_df, e_df2, e_delta, e_dgamma});
+  if (s.Nk == 0) worst = std::max({e_y, e_dh, e_dg, e_df, e_df2, e_delta, e_dgamma});  // lse = -inf there; checked below
   ok = !nan && worst <= tol;
-  printf("%s T=%zuB VCF=%d VCB=%d B=%ld Cqk=%ld Cv=%ld Nq=%ld Nk=%ld x=%d gy<=%ld gz<=%ld | o %.2e y %.2e lse %.2e dh %.2e dg %.2e df %.2e dfA %.2e\n",
+  printf("%s T=%zuB VCF=%d VCB=%d B=%ld Cqk=%ld Cv=%ld Nq=%ld Nk=%ld x=%d gy<=%ld gz<=%ld | o %.2e y %.2e lse %.2e dh %.2e dg %.2e df %.2e dfA %.2e delta %.2e dgamma %.2e\n",
          ok ? "OK  " : "FAIL", sizeof(T), VCF, VCB, (long)s.B, (long)s.Cqk, (long)s.Cv, (long)s.Nq, (long)s.Nk, (int)with_x,
-         (long)gy_cap, (long)gz_cap, e_o, e_y, e_l, e_dh, e_dg, e_df, e_df2);
+         (long)gy_cap, (long)gz_cap, e_o, e_y, e_l, e_dh, e_dg, e_df, e_df2, e_delta, e_dgamma);
   if (bits_out) {
     bits_out->clear();
     for (auto v : o) bits_out->push_back(to_d(v));
