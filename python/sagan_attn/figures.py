@@ -139,3 +139,47 @@ def attention_figure(images: torch.Tensor, rows: torch.Tensor, queries: Sequence
             cells.append(np.asarray(blended))
     Image.fromarray(grid(cells, nrow=1 + len(queries))).save(path, optimize=True)
     return path
+
+
+def line_plot(xs: Sequence[float], ys: Sequence[float], path, title: str = "", xlabel: str = "",
+              ylabel: str = "", size: Tuple[int, int] = (640, 400)) -> Path:
+    """A line chart of ``ys`` against ``xs`` with marked points and labelled axes (e.g. FID against step)."""
+    if not xs or len(xs) != len(ys):
+        raise ValueError(f"line_plot: xs and ys must be non-empty and of one length, got {len(xs)} and {len(ys)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    left, right, top, bottom = 70, 20, 30, 50
+    image = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    x_lo, x_hi = float(min(xs)), float(max(xs))
+    y_lo, y_hi = float(min(ys)), float(max(ys))
+    if x_hi == x_lo:
+        x_lo, x_hi = x_lo - 1, x_hi + 1
+    pad = (y_hi - y_lo) * 0.05 or max(abs(y_hi) * 0.05, 1e-3)  # a flat line still gets a visible range
+    y_lo, y_hi = y_lo - pad, y_hi + pad
+
+    def at(x: float, y: float) -> Tuple[float, float]:
+        return (left + (x - x_lo) / (x_hi - x_lo) * (width - left - right),
+                height - bottom - (y - y_lo) / (y_hi - y_lo) * (height - top - bottom))
+
+    draw.rectangle((left, top, width - right, height - bottom), outline=(0, 0, 0))
+    for k in range(5):  # ticks and grid lines
+        x = x_lo + (x_hi - x_lo) * k / 4
+        y = y_lo + (y_hi - y_lo) * k / 4
+        px, _ = at(x, y_lo)
+        _, py = at(x_lo, y)
+        draw.line((px, top, px, height - bottom), fill=(225, 225, 225))
+        draw.line((left, py, width - right, py), fill=(225, 225, 225))
+        draw.text((px, height - bottom + 6), f"{x:.4g}", fill=(0, 0, 0), anchor="ma")
+        draw.text((left - 6, py), f"{y:.3g}", fill=(0, 0, 0), anchor="rm")
+    points = [at(float(x), float(y)) for x, y in zip(xs, ys)]
+    if len(points) > 1:
+        draw.line(points, fill=(31, 119, 180), width=2)
+    for px, py in points:
+        draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=(31, 119, 180))
+    draw.text((width / 2, 8), title, fill=(0, 0, 0), anchor="ma")
+    draw.text((width / 2, height - 18), xlabel, fill=(0, 0, 0), anchor="ma")
+    draw.text((8, top - 22), ylabel, fill=(0, 0, 0))
+    image.save(path, optimize=True)
+    return path

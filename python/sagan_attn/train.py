@@ -11,6 +11,13 @@ G step, spectral norm in both networks, conditional batch norm in G and a projec
 EMA of G's weights, which draws the samples. The default width is small for the CPU (``--ch 16``; SAGAN
 uses 64). On a CPU shared with other jobs, ``--threads 1`` avoids OpenMP threads spinning against them.
 
+Several GPUs (or CPU processes): ``torchrun --nproc_per_node=N -m sagan_attn.train ...`` trains with
+DistributedDataParallel (NCCL on GPUs, gloo on CPUs); ``--batch-size`` is the global batch, split over the
+ranks; ``--sync-bn`` makes G's batch norms synchronised (GPUs only); the EMA, figures, checkpoints, logs
+and FID live on rank 0 (see ``sagan_attn.distributed``). ``--fid-every K --fid-weights PATH`` computes the
+FID of the EMA generator against the training data every K steps (torchmetrics, Inception weights from a
+local file), logs it beside the losses and plots it at the end.
+
 Output folder (``--out``):
     samples/step_NNNNNN.png     a grid of EMA-generator samples for a fixed set of latents (a column per
                                 class when there are at most 16 classes)
@@ -18,7 +25,8 @@ Output folder (``--out``):
                                 from attention rows only, never the full map
     checkpoints/last.pt         G, D, G_ema, both optimizers, AMP scalers, step, arguments, RNG states;
                                 ``--resume out/checkpoints/last.pt`` continues the run
-    log.jsonl, summary.json     losses, images/s and peak memory along the run, and at its end
+    log.jsonl, summary.json     losses, images/s and peak memory along the run (and FID), and at its end
+    fid.png                     FID against step, with ``--fid-every``
 """
 from __future__ import annotations
 
@@ -39,7 +47,7 @@ import torch
 import torch.nn as nn
 
 import sagan_attn
-from sagan_attn import figures
+from sagan_attn import distributed, figures
 from sagan_attn.data import StepBatchSampler, load_dataset
 from sagan_attn.models import (
     ATTENTION_IMPLS,
@@ -125,6 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="continue from a checkpoint; its arguments are used unless given again here")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    g = p.add_argument_group("several processes (under torchrun)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="synchronised batch norm in G (conditional ones included): statistics of the global batch; "
+                        "CUDA only")
+    g.add_argument("--dist-backend", choices=("auto", "nccl", "gloo"), default="auto",
+                   help="torch.distributed backend (auto: NCCL on GPUs, gloo on CPUs)")
+    g.add_argument("--dist-timeout", type=float, default=1800.0,
+                   help="seconds a collective may wait for the other ranks before the job fails")
+
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--fid-every", type=int, default=0, help="steps between FIDs of the EMA generator (0: never)")
+    g.add_argument("--fid-weights", default=None, metavar="PATH",
+                   help="the FID Inception-v3 weights, a local file (torch-fidelity's "
+                        "pt_inception-2015-12-05-6726825d.pth); nothing is downloaded")
+    g.add_argument("--fid-samples", type=int, default=10000,
+                   help="generated images per FID, and real images (all of the data if fewer)")
+    g.add_argument("--fid-batch-size", type=int, default=100)
+    g.add_argument("--inception-score", action="store_true",
+                   help="also the Inception Score (a second Inception pass over the generated images)")
     return p
 
 
@@ -132,14 +160,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parses the command line; with --resume, the checkpoint's arguments fill in those not given."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("ch", "z_dim", "batch_size", "n_dis", "samples"):
+    for name in ("ch", "z_dim", "batch_size", "n_dis", "samples", "fid_batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ("steps", "workers", "sample_every", "ckpt_every", "log_every"):
+    for name in ("steps", "workers", "sample_every", "ckpt_every", "log_every", "fid_every"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be at least 0, got {getattr(args, name)}")
     if not 0.0 <= args.ema_decay < 1.0:
         parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    if args.fid_samples < 2:
+        parser.error(f"--fid-samples must be at least 2 (FID needs a covariance), got {args.fid_samples}")
+    if not args.dist_timeout > 0:
+        parser.error(f"--dist-timeout must be positive, got {args.dist_timeout}")
     if args.resume is None:
         return args
     shadow = build_parser()
@@ -277,13 +309,25 @@ def _save_atomic(obj: Any, path: Path) -> None:
 
 
 class Trainer:
-    """One SAGAN training run: data, G, D, G_ema, optimizers, the loop, figures and checkpoints."""
+    """One SAGAN training run: data, G, D, G_ema, optimizers, the loop, figures and checkpoints.
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    Under torchrun, one rank of a data-parallel run: ``G`` and ``D`` are the bare modules (state dicts, EMA),
+    ``G_train`` and ``D_train`` their DistributedDataParallel wrappers; ``G_ema`` (None on other ranks),
+    figures, checkpoints, logs and FID are rank 0's. ``fid_feature_extractor`` (and ``is_feature_extractor``)
+    replace the Inception of ``--fid-weights``: any module from uint8 images (B, 3, H, W) to (B, d).
+    """
+
+    def __init__(self, args: argparse.Namespace, fid_feature_extractor: Optional[nn.Module] = None,
+                 is_feature_extractor: Optional[nn.Module] = None) -> None:
         self.args = args
         if args.threads:
             torch.set_num_threads(args.threads)
-        self.device = pick_device(args.device)
+        self.dist, self.device = distributed.init(pick_device(args.device), args.dist_backend, args.dist_timeout)
+        distributed.check_batch(self.dist, args.batch_size)
+        if args.fid_every and fid_feature_extractor is None and not args.fid_weights:
+            raise SystemExit("error: --fid-every needs --fid-weights PATH, the Inception-v3 weights as a local file "
+                             "(torch-fidelity's pt_inception-2015-12-05-6726825d.pth)")
+        # Every rank seeds alike and draws the random numbers of the whole global batch (see distributed.py).
         seed_everything(args.seed)
         self.out = Path(args.out)
 
@@ -297,6 +341,13 @@ class Trainer:
         self.G_ema = Generator(z_dim=args.z_dim, attn_res=args.g_attn_res, **common).to(self.device)
         self.G_ema.load_state_dict(self.G.state_dict())
         self.G_ema.requires_grad_(False).eval()
+        if args.sync_bn:
+            self.G = distributed.convert_sync_bn(self.G, self.device, self.dist)
+        # Built on every rank all the same: building draws from the RNG, whose state must stay equal on all.
+        if not self.dist.is_main:
+            self.G_ema = None
+        self.G_train = distributed.wrap(self.G, self.device, self.dist)
+        self.D_train = distributed.wrap(self.D, self.device, self.dist)
 
         betas = tuple(args.betas)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=args.lr_g, betas=betas)
@@ -311,6 +362,18 @@ class Trainer:
         self.fixed_z = torch.randn(args.samples, args.z_dim, generator=fixed).to(self.device)
         self.fixed_y = (torch.arange(args.samples) % self.num_classes).to(self.device) if self.num_classes else None
         self.grid_rows = self.num_classes if 0 < self.num_classes <= 16 else 10
+
+        self.fid = None
+        if args.fid_every and self.dist.is_main:
+            from sagan_attn import fid
+
+            with torch.random.fork_rng(devices=[]):  # building the Inception draws initial weights: not the run's
+                extractor = fid_feature_extractor or fid.load_inception(args.fid_weights)
+                is_extractor = is_feature_extractor or (
+                    fid.load_inception(args.fid_weights, "logits_unbiased") if args.inception_score else None)
+            self.fid = fid.FidEvaluator(extractor.to(self.device), self.dataset, args.fid_samples, args.fid_batch_size,
+                                        self.device, args.z_dim, self.num_classes, seed=args.seed,
+                                        is_extractor=is_extractor.to(self.device) if is_extractor else None)
 
         self.step = 0
         self.memory = PeakMemory(self.device)
@@ -340,6 +403,8 @@ class Trainer:
 
     def _restore(self, ckpt: Dict[str, Any]) -> None:
         for name, module in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
+            if module is None:
+                continue
             try:
                 module.load_state_dict(ckpt[name])
             except RuntimeError as err:
@@ -367,19 +432,24 @@ class Trainer:
         return torch.randint(self.num_classes, (batch,), device=self.device)
 
     def d_step(self, real: torch.Tensor, y: Optional[torch.Tensor]) -> Dict[str, float]:
-        """One discriminator update on a real batch and as many fakes (drawn with the real labels)."""
-        args, batch = self.args, real.shape[0]
-        z = torch.randn(batch, args.z_dim, device=self.device)
+        """One discriminator update on a real batch and as many fakes (drawn with the real labels); under
+        torchrun ``real`` and ``y`` are this rank's shard of the global batch."""
+        args, batch, part = self.args, real.shape[0], self.dist.shard(self.args.batch_size)
+        z = torch.randn(args.batch_size, args.z_dim, device=self.device)[part]
         with torch.no_grad(), self.autocast():
             fake = self.G(z, y)
         with self.autocast():
-            logits = self.D(torch.cat([real, fake.to(real.dtype)]), None if y is None else torch.cat([y, y]))
+            logits = self.D_train(torch.cat([real, fake.to(real.dtype)]), None if y is None else torch.cat([y, y]))
         d_real, d_fake = logits[:batch], logits[batch:]
         loss = discriminator_loss(args.loss, d_real, d_fake)
         out = {"d_loss": loss.item(), "d_real": d_real.float().mean().item(), "d_fake": d_fake.float().mean().item()}
         if args.loss == "wgan-gp":
             scale = self.scaler_D.get_scale() if self.scaler_D.is_enabled() else 1.0
-            gp = gradient_penalty(self.D, real, fake.float(), y, grad_scale=scale, autocast=self.autocast)
+            eps = torch.rand(args.batch_size, device=self.device)[part]
+            # Through DDP too: the penalty's own backward (create_graph) leaves .grad alone; the parameter
+            # gradients of both terms meet in the one loss.backward() below, whose all-reduce DDP does.
+            gp = gradient_penalty(self.D_train, real, fake.float(), y, eps=eps, grad_scale=scale,
+                                  autocast=self.autocast)
             loss = loss + args.gp_weight * gp
             out["gp"] = gp.item()
         self.opt_D.zero_grad(set_to_none=True)
@@ -389,13 +459,17 @@ class Trainer:
         return out
 
     def g_step(self, batch: int) -> Dict[str, float]:
-        """One generator update on fresh latents and uniformly drawn classes, then the EMA update."""
-        z = torch.randn(batch, self.args.z_dim, device=self.device)
+        """One generator update on fresh latents and uniformly drawn classes (``batch`` is the global batch:
+        this rank takes its shard), then the EMA update."""
+        part = self.dist.shard(batch)
+        z = torch.randn(batch, self.args.z_dim, device=self.device)[part]
         y = self._labels(batch)
+        y = y[part] if y is not None else None
         self.D.requires_grad_(False)
         try:
+            # D outside DDP: it gets no gradient here, so there is nothing of D's to all-reduce
             with self.autocast():
-                d_fake = self.D(self.G(z, y), y)
+                d_fake = self.D(self.G_train(z, y), y)
             loss = generator_loss(self.args.loss, d_fake)
             self.opt_G.zero_grad(set_to_none=True)
             self.scaler_G.scale(loss).backward()
@@ -403,7 +477,8 @@ class Trainer:
             self.scaler_G.update()
         finally:
             self.D.requires_grad_(True)
-        ema_update(self.G_ema, self.G, ema_decay(self.step, self.args.ema_decay))
+        if self.G_ema is not None:
+            ema_update(self.G_ema, self.G, ema_decay(self.step, self.args.ema_decay))
         return {"g_loss": loss.item()}
 
     # -- figures --
@@ -431,6 +506,8 @@ class Trainer:
         args = self.args
         sampler = StepBatchSampler(len(self.dataset), args.batch_size, seed=args.seed,
                                    start_step=self.step * args.n_dis, stop_step=args.steps * args.n_dis)
+        if self.dist.enabled:
+            sampler = distributed.ShardedBatchSampler(sampler, self.dist)
         # A generator of its own: the DataLoader draws a base seed from it, not from the run's RNG.
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, num_workers=args.workers,
                                              generator=torch.Generator().manual_seed(args.seed),
@@ -441,16 +518,27 @@ class Trainer:
         with open(self.out / "log.jsonl", "a") as log:
             log.write(json.dumps(record) + "\n")
 
+    def _fid_plot(self) -> Optional[str]:
+        """fid.png from every FID in log.jsonl (those of earlier runs of a resumed run included)."""
+        log = self.out / "log.jsonl"
+        points = [(r["step"], r["fid"]) for r in map(json.loads, log.read_text().splitlines()) if "fid" in r]
+        if not points:
+            return None
+        steps, values = zip(*points)
+        return str(figures.line_plot(steps, values, self.out / "fid.png", title="FID of the EMA generator",
+                                     xlabel="step", ylabel="FID"))
+
     def train(self) -> Dict[str, Any]:
         from tqdm import tqdm
 
-        args = self.args
-        self.out.mkdir(parents=True, exist_ok=True)
+        args, main = self.args, self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.G.train()
         self.D.train()
         start_step = self.step
         figure_paths: Dict[str, str] = {}
-        if args.sample_every and self.step == 0:
+        if main and args.sample_every and self.step == 0:
             figure_paths = self.write_figures()
 
         batches = self._batches()
@@ -460,10 +548,12 @@ class Trainer:
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         wall_start = time.perf_counter()
         ckpt_path = None
-        bar = tqdm(total=args.steps, initial=self.step, unit="step", dynamic_ncols=True, disable=args.no_progress,
-                   desc=f"SAGAN {args.attention}")
+        last_fid: Dict[str, float] = {}
+        bar = tqdm(total=args.steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=args.no_progress or not main, desc=f"SAGAN {args.attention}")
         try:
             while self.step < args.steps:
+                distributed.maybe_fail(self.dist, self.step + 1)
                 t0 = time.perf_counter()
                 stats: Dict[str, float] = {}
                 for _ in range(args.n_dis):
@@ -477,42 +567,59 @@ class Trainer:
                 self.step += 1
                 step_times.append(dt)
                 recent.append(dt)
+                stats = self.dist.mean(stats)  # each rank's loss is its shard's: log the global batch's
                 images_per_s = args.batch_size * args.n_dis * len(recent) / sum(recent)
                 peak = self.memory.peak()
-                postfix = {"D": f"{stats['d_loss']:.3f}", "G": f"{stats['g_loss']:.3f}"}
-                if "gp" in stats:
-                    postfix["gp"] = f"{stats['gp']:.3f}"
-                postfix.update({"img/s": f"{images_per_s:.1f}", "peak": f"{_mib(peak):.0f}MiB"})
-                bar.set_postfix(postfix, refresh=False)
-                bar.update(1)
+                record = None
                 if args.log_every and (self.step % args.log_every == 0 or self.step == args.steps):
-                    self._log({"step": self.step, **stats, "images_per_s": images_per_s, "peak_mib": _mib(peak)})
-                if args.sample_every and (self.step % args.sample_every == 0 or self.step == args.steps):
-                    figure_paths = self.write_figures()
-                if (args.ckpt_every and self.step % args.ckpt_every == 0) or self.step == args.steps:
-                    ckpt_path = self.save_checkpoint()
+                    record = {"step": self.step, **stats, "images_per_s": images_per_s, "peak_mib": _mib(peak)}
+                if self.fid is not None and (self.step % args.fid_every == 0 or self.step == args.steps):
+                    last_fid = self.fid(self.G_ema)
+                    record = {**(record or {"step": self.step}), **last_fid}
+                if main:
+                    postfix = {"D": f"{stats['d_loss']:.3f}", "G": f"{stats['g_loss']:.3f}"}
+                    if "gp" in stats:
+                        postfix["gp"] = f"{stats['gp']:.3f}"
+                    if last_fid:
+                        postfix["FID"] = f"{last_fid['fid']:.2f}"
+                    postfix.update({"img/s": f"{images_per_s:.1f}", "peak": f"{_mib(peak):.0f}MiB"})
+                    bar.set_postfix(postfix, refresh=False)
+                    bar.update(1)
+                    if record is not None:
+                        self._log(record)
+                    if args.sample_every and (self.step % args.sample_every == 0 or self.step == args.steps):
+                        figure_paths = self.write_figures()
+                    if (args.ckpt_every and self.step % args.ckpt_every == 0) or self.step == args.steps:
+                        ckpt_path = self.save_checkpoint()
         finally:
             bar.close()
         wall = time.perf_counter() - wall_start
         steady = step_times[TIMING_SKIP:] if len(step_times) > 2 * TIMING_SKIP else step_times
         images = args.batch_size * args.n_dis
+        images_per_s = images * len(steady) / sum(steady) if steady else None
+        peak = self.dist.max(self.memory.peak())  # a collective: every rank, after the loop
+        fid_png = self._fid_plot() if main and self.fid is not None else None
         summary = {
             "steps": self.step,
             "steps_this_run": self.step - start_step,
             "wall_s": wall,
             "train_s": sum(step_times),
-            "images_per_s": images * len(steady) / sum(steady) if steady else None,
+            "images_per_s": images_per_s,
             "images_per_s_note": (f"real images through D per second of training steps, the first {TIMING_SKIP} "
                                   f"steps left out" if steady is not step_times else
                                   "real images through D per second of training steps"),
-            "peak_memory_mib": _mib(self.memory.peak()),
+            "images_per_s_per_process": images_per_s / self.dist.world_size if images_per_s else None,
+            "peak_memory_mib": _mib(peak),
             "baseline_memory_mib": _mib(self.memory.baseline),
-            "memory_note": self.memory.what,
+            "memory_note": self.memory.what + (", the largest over the ranks" if self.dist.enabled else ""),
             "attention_impl": args.attention,
             "attn_variant": args.attn_variant,
             "loss": args.loss,
             "amp": args.amp,
             "device": str(self.device),
+            "world_size": self.dist.world_size,
+            "dist_backend": self.dist.backend,
+            "sync_bn": bool(args.sync_bn),
             "threads": torch.get_num_threads(),
             "batch_size": args.batch_size,
             "ch": args.ch,
@@ -520,10 +627,13 @@ class Trainer:
             "g_attn_res": list(self.G.attn_res),
             "d_attn_res": list(self.D.attn_res),
             "checkpoint": str(ckpt_path) if ckpt_path else None,
+            **last_fid,
+            **({"fid_png": fid_png} if fid_png else {}),
             **figure_paths,
         }
-        with open(self.out / "summary.json", "w") as f:
-            json.dump(summary, f, indent=2)
+        if main:
+            with open(self.out / "summary.json", "w") as f:
+                json.dump(summary, f, indent=2)
         return summary
 
 
@@ -538,21 +648,45 @@ def _report(summary: Dict[str, Any]) -> str:
         f"peak memory: {summary['peak_memory_mib']:.1f} MiB ({summary['memory_note']}; "
         f"{summary['baseline_memory_mib']:.1f} MiB before the first step)",
     ]
-    for key, what in (("samples_png", "samples"), ("attention_png", "attention"), ("checkpoint", "checkpoint")):
+    if summary["world_size"] > 1 and ips:
+        lines.insert(2, f"processes: {summary['world_size']} ({summary['dist_backend']}), "
+                        f"{summary['images_per_s_per_process']:.1f} images/s each; sync-bn {summary['sync_bn']}")
+    if "fid" in summary:
+        lines.append(f"FID: {summary['fid']:.3f}" + (f", IS {summary['is_mean']:.3f} +- {summary['is_std']:.3f}"
+                                                     if "is_mean" in summary else ""))
+    for key, what in (("samples_png", "samples"), ("attention_png", "attention"), ("fid_png", "FID plot"),
+                      ("checkpoint", "checkpoint")):
         if summary.get(key):
             lines.append(f"{what}: {summary[key]}")
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, fid_feature_extractor: Optional[nn.Module] = None,
+         is_feature_extractor: Optional[nn.Module] = None) -> int:
+    """The command line; the extractors replace the Inception of ``--fid-weights`` (see ``Trainer``)."""
     args = parse_args(argv)
-    trainer = Trainer(args)
-    print(f"SAGAN {args.resolution}x{args.resolution} on {trainer.dataset.name} ({len(trainer.dataset)} images, "
-          f"{trainer.num_classes or 'no'} classes), {trainer.device}; G {_count(trainer.G)} / D {_count(trainer.D)} "
-          f"parameters; attention {args.attention} ({args.attn_variant}) at G {list(trainer.G.attn_res)}, "
-          f"D {list(trainer.D.attn_res)}; loss {args.loss}; from step {trainer.step} to {args.steps}", flush=True)
-    summary = trainer.train()
-    print(_report(summary), flush=True)
+    trainer = Trainer(args, fid_feature_extractor, is_feature_extractor)
+    ctx = trainer.dist
+    try:
+        if ctx.is_main:
+            print(f"SAGAN {args.resolution}x{args.resolution} on {trainer.dataset.name} ({len(trainer.dataset)} "
+                  f"images, {trainer.num_classes or 'no'} classes), {trainer.device}"
+                  f"{f' x {ctx.world_size} processes ({ctx.backend})' if ctx.enabled else ''}; "
+                  f"G {_count(trainer.G)} / D {_count(trainer.D)} parameters; attention {args.attention} "
+                  f"({args.attn_variant}) at G {list(trainer.G.attn_res)}, D {list(trainer.D.attn_res)}; "
+                  f"loss {args.loss}; from step {trainer.step} to {args.steps}", flush=True)
+        try:
+            summary = trainer.train()
+        except Exception as err:
+            if not ctx.enabled:
+                raise
+            # torchrun stops the other ranks and reports the first failure: say which rank, and where
+            raise RuntimeError(f"rank {ctx.rank} of {ctx.world_size} failed at step {trainer.step + 1}: "
+                               f"{type(err).__name__}: {err}") from err
+        if ctx.is_main:
+            print(_report(summary), flush=True)
+    finally:
+        distributed.shutdown(ctx)
     return 0
 
 
@@ -561,4 +695,7 @@ def _count(module: nn.Module) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    # record: under torchrun, a failing rank's traceback goes into the job's error report
+    sys.exit(record(main)())

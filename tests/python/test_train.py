@@ -13,14 +13,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import sagan_attn
-from sagan_attn import figures, reference, train
+from sagan_attn import figures, fid, reference, train
 from sagan_attn.data import ImageFolderDataset, StepBatchSampler, digits
 from sagan_attn.models import Generator
+
+from train_ddp_runner import TinyFeatures
 
 REPO = Path(__file__).resolve().parents[2]
 # One thread: the models are tiny, and a single thread is as fast and immune to a busy machine's spinning.
@@ -174,6 +177,68 @@ def test_amp_bf16_on_cpu(tmp_path):
     assert all(torch.isfinite(torch.tensor([r["d_loss"], r["g_loss"], r["gp"]])).all() for r in _log(tmp_path))
 
 
+# -- FID -------------------------------------------------------------------------------------------------
+
+FID_ARGS = ["--fid-every", "2", "--fid-samples", "16", "--fid-batch-size", "8"]
+
+
+def test_fid_is_logged_plotted_and_changes_nothing(tmp_path):
+    """FID (and IS) through the stand-in extractors: logged beside the losses at steps 2 and 4, plotted in
+    fid.png; the run's weights and RNG are bit for bit those of the same run without evaluation."""
+    assert train.main([*TINY, "--out", str(tmp_path / "fid"), "--steps", "4", "--sample-every", "0", *FID_ARGS,
+                       "--log-every", "3"], fid_feature_extractor=TinyFeatures(),
+                      is_feature_extractor=TinyFeatures(seed=7)) == 0
+    records = _log(tmp_path / "fid")
+    assert [r["step"] for r in records] == [2, 3, 4]
+    assert "fid" not in records[1] and "d_loss" not in records[0] and "d_loss" in records[2]
+    for r in (records[0], records[2]):
+        assert r["fid"] >= 0 and r["is_mean"] >= 1.0 and r["is_std"] >= 0  # IS is at least 1 by definition
+    summary = json.loads((tmp_path / "fid" / "summary.json").read_text())
+    assert summary["fid"] == records[2]["fid"] and Image.open(summary["fid_png"]).size == (640, 400)
+    _train(tmp_path / "plain", "--steps", "4", "--sample-every", "0", "--log-every", "3")
+    with_fid, plain = _checkpoint(tmp_path / "fid"), _checkpoint(tmp_path / "plain")
+    for key in ("G", "D", "G_ema", "rng"):
+        _assert_same_state(with_fid[key], plain[key], key)
+
+
+def test_fid_matches_a_direct_computation():
+    """The evaluator's FID (torchmetrics) equals the Frechet distance computed here with scipy's sqrtm on
+    the same features: the real subset, the generator's images in uint8, both sets of statistics."""
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    data = digits(32)
+    extractor = TinyFeatures()
+    torch.manual_seed(0)
+    G = Generator(32, ch=8, z_dim=16, num_classes=10).eval()
+    state = torch.get_rng_state()
+    evaluator = fid.FidEvaluator(extractor, data, num_samples=40, batch_size=40, device=torch.device("cpu"),
+                                 z_dim=16, num_classes=10, seed=3)
+    value = evaluator(G)["fid"]
+    assert evaluator(G)["fid"] == pytest.approx(value, rel=1e-9)  # real statistics kept, fake ones reset
+    assert torch.equal(torch.get_rng_state(), state)  # the run's generator is left alone
+
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(3))[:40]
+    real = torch.stack([data[int(k)][0] for k in order])
+    z = torch.randn(40, 16, generator=torch.Generator().manual_seed(3 + 2))
+    with torch.no_grad():
+        fake = G(z, torch.arange(40) % 10)
+        feats = [extractor(fid.to_uint8_rgb(x)).double().numpy() for x in (real, fake)]
+    (mu1, mu2), (s1, s2) = [f.mean(0) for f in feats], [np.cov(f, rowvar=False) for f in feats]
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy_linalg.sqrtm(s1 @ s2).real)
+    # torchmetrics sums the square roots of the eigenvalues of s1 s2 (float64 states, float32 result)
+    assert value == pytest.approx(expected, rel=1e-4, abs=1e-6) and expected > 0
+
+
+def test_fid_needs_local_weights(tmp_path):
+    with pytest.raises(SystemExit, match="--fid-every needs --fid-weights"):
+        _train(tmp_path, "--steps", "1", "--fid-every", "1")
+    with pytest.raises(SystemExit, match="no such file"):
+        _train(tmp_path, "--steps", "1", "--fid-every", "1", "--fid-weights", str(tmp_path / "missing.pth"))
+    (tmp_path / "empty.pth").write_bytes(b"")
+    # an empty file: torch-fidelity missing (a clear install hint) or the file is not the Inception's weights
+    with pytest.raises(SystemExit, match="torch-fidelity|not the FID Inception-v3 weights"):
+        _train(tmp_path, "--steps", "1", "--fid-every", "1", "--fid-weights", str(tmp_path / "empty.pth"))
+
+
 # -- data --------------------------------------------------------------------------------------------------
 
 
@@ -261,7 +326,8 @@ def test_example_script(monkeypatch, capsys):
 
 
 def test_bad_arguments_are_rejected(capsys):
-    for argv in (["--batch-size", "0"], ["--ema-decay", "1.5"], ["--steps", "-1"], ["--g-attn-res", "x"]):
+    for argv in (["--batch-size", "0"], ["--ema-decay", "1.5"], ["--steps", "-1"], ["--g-attn-res", "x"],
+                 ["--fid-samples", "1"], ["--fid-every", "-2"], ["--dist-timeout", "0"]):
         with pytest.raises(SystemExit):
             train.parse_args(argv)
     assert "must be" in capsys.readouterr().err
