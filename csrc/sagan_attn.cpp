@@ -25,6 +25,7 @@ using SelfAttnFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Te
                               const std::optional<at::Tensor>&, const at::Tensor&, double);
 using SelfAttnFwdFn = decltype(self_attn_fwd);
 using SelfAttnBackwardFn = decltype(self_attn_backward);
+using SelfAttnDoubleBackwardFn = decltype(self_attn_double_backward);
 
 }  // namespace
 
@@ -58,6 +59,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward(
                        .findSchemaOrThrow("sagan::self_attn_backward", "")
                        .typed<SelfAttnBackwardFn>();
   return op.call(grad_y, f, g, h, o, lse, gamma, scale, output_mask);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_double_backward(
+    const at::Tensor& grad_grad_f, const at::Tensor& grad_grad_g, const at::Tensor& grad_grad_h,
+    const at::Tensor& grad_grad_gamma, const at::Tensor& grad_y, const at::Tensor& f,
+    const at::Tensor& g, const at::Tensor& h, const at::Tensor& o, const at::Tensor& lse,
+    const at::Tensor& gamma, double scale) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("sagan::self_attn_double_backward", "")
+                       .typed<SelfAttnDoubleBackwardFn>();
+  return op.call(grad_grad_f, grad_grad_g, grad_grad_h, grad_grad_gamma, grad_y, f, g, h, o, lse,
+                 gamma, scale);
 }
 
 std::string build_info() {

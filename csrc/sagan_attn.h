@@ -45,4 +45,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward(
     const at::Tensor& o, const at::Tensor& lse, const at::Tensor& gamma, double scale,
     std::array<bool, 3> output_mask = {true, true, true});
 
+// The backward's VJP (double backward): against cotangents (grad_grad_f, grad_grad_g, grad_grad_h,
+// grad_grad_gamma) of self_attn_backward's outputs, the gradients (grad_grad_y, grad_f, grad_g,
+// grad_h, grad_gamma) with respect to its inputs (grad_y, f, g, h, gamma). Not differentiable itself.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_double_backward(
+    const at::Tensor& grad_grad_f, const at::Tensor& grad_grad_g, const at::Tensor& grad_grad_h,
+    const at::Tensor& grad_grad_gamma, const at::Tensor& grad_y, const at::Tensor& f,
+    const at::Tensor& g, const at::Tensor& h, const at::Tensor& o, const at::Tensor& lse,
+    const at::Tensor& gamma, double scale);
+
 }  // namespace sagan

@@ -23,4 +23,13 @@ TORCH_LIBRARY(sagan, m) {
       "self_attn_backward(Tensor grad_y, Tensor f, Tensor g, Tensor h, Tensor o, Tensor lse, "
       "Tensor gamma, float scale, bool[3] output_mask=[True, True, True]) "
       "-> (Tensor grad_f, Tensor grad_g, Tensor grad_h, Tensor grad_gamma)");
+  // The backward's VJP (double backward, for gradient penalties): against cotangents of its outputs
+  // (grad_grad_f, grad_grad_g, grad_grad_h of the shapes of f, g, h; grad_grad_gamma of gamma's),
+  // the gradients with respect to (grad_y, f, g, h, gamma); o and lse are the forward's, and every
+  // path through them is included. Fused on the CPU (O(N) memory); CUDA runs the composite reference.
+  m.def(
+      "self_attn_double_backward(Tensor grad_grad_f, Tensor grad_grad_g, Tensor grad_grad_h, "
+      "Tensor grad_grad_gamma, Tensor grad_y, Tensor f, Tensor g, Tensor h, Tensor o, Tensor lse, "
+      "Tensor gamma, float scale) -> (Tensor grad_grad_y, Tensor grad_f, Tensor grad_g, Tensor grad_h, "
+      "Tensor grad_gamma)");
 }

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 
 namespace sagan {
 namespace {
@@ -129,6 +130,26 @@ void check_self_attn_backward_args(const at::Tensor& grad_y, const at::Tensor& f
                    kSelfAttnLseDtype, " (float64), got ", lse.scalar_type());
   TORCH_CHECK(lse.device() == f.device(), "self_attn_backward: lse must be on device ", f.device(),
               ", got ", lse.device());
+}
+
+void check_self_attn_double_backward_args(const at::Tensor& uf, const at::Tensor& ug,
+                                          const at::Tensor& uh, const at::Tensor& ugamma,
+                                          const at::Tensor& grad_y, const at::Tensor& f,
+                                          const at::Tensor& g, const at::Tensor& h, const at::Tensor& o,
+                                          const at::Tensor& lse, const at::Tensor& gamma, double scale) {
+  check_self_attn_backward_args(grad_y, f, g, h, o, lse, gamma, scale);
+  const char* op = "self_attn_double_backward";
+  const std::pair<const at::Tensor*, const at::Tensor*> pairs[] = {{&uf, &f}, {&ug, &g}, {&uh, &h}, {&ugamma, &gamma}};
+  const char* names[] = {"grad_grad_f", "grad_grad_g", "grad_grad_h", "grad_grad_gamma"};
+  const char* like[] = {"f", "g", "h", "gamma"};
+  for (int k = 0; k < 4; ++k) {
+    const at::Tensor& u = *pairs[k].first;
+    const at::Tensor& t = *pairs[k].second;
+    check_dense(u, names[k]);
+    check_same_dtype_device(f, u, names[k], op);
+    TORCH_CHECK_VALUE(u.sym_sizes() == t.sym_sizes(), op, ": ", names[k], " must have the shape of ",
+                      like[k], " ", t.sym_sizes(), ", got ", u.sym_sizes());
+  }
 }
 
 }  // namespace sagan

@@ -28,6 +28,13 @@ void check_self_attn_backward_args(const at::Tensor& grad_y, const at::Tensor& f
                                    const at::Tensor& g, const at::Tensor& h, const at::Tensor& o,
                                    const at::Tensor& lse, const at::Tensor& gamma, double scale);
 
+// Checks of the double-backward op: the backward's arguments, and the cotangents against f, g, h, gamma.
+void check_self_attn_double_backward_args(const at::Tensor& uf, const at::Tensor& ug,
+                                          const at::Tensor& uh, const at::Tensor& ugamma,
+                                          const at::Tensor& grad_y, const at::Tensor& f,
+                                          const at::Tensor& g, const at::Tensor& h, const at::Tensor& o,
+                                          const at::Tensor& lse, const at::Tensor& gamma, double scale);
+
 // The dtype kernels accumulate in: float64 for float64 inputs, float32 otherwise.
 at::ScalarType self_attn_accum_type(at::ScalarType dtype);
 

@@ -31,11 +31,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_me
           at::empty_symint(gamma.sym_sizes(), gamma.options())};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_double_backward_meta(
+    const at::Tensor& uf, const at::Tensor& ug, const at::Tensor& uh, const at::Tensor& ugamma,
+    const at::Tensor& grad_y, const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
+    const at::Tensor& o, const at::Tensor& lse, const at::Tensor& gamma, double scale) {
+  check_self_attn_double_backward_args(uf, ug, uh, ugamma, grad_y, f, g, h, o, lse, gamma, scale);
+  auto like = [](const at::Tensor& t) { return at::empty_symint(t.sym_sizes(), t.options()); };
+  return {like(grad_y), like(f), like(g), like(h), like(gamma)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sagan, Meta, m) {
   m.impl("self_attn_fwd", &self_attn_fwd_meta);
   m.impl("self_attn_backward", &self_attn_backward_meta);
+  m.impl("self_attn_double_backward", &self_attn_double_backward_meta);
 }
 
 }  // namespace sagan

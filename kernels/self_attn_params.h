@@ -73,4 +73,34 @@ struct SelfAttnBwdParams {
   double scale = 1.0;
 };
 
+// Double backward: the VJP of the backward's outputs (df, dg, dh, dgamma) against cotangents
+// (uf, ug, uh, ugamma), with respect to its inputs (dy, f, g, h, gamma); o and lse are the forward's,
+// functions of f, g, h, and every path through them is included. The math and its derivation are at
+// the top of kernels/cpu/self_attn_cpu_double_backward_kernel.h.
+struct SelfAttnDoubleBwdParams {
+  int64_t B = 0, Cqk = 0, Cv = 0, Nq = 0, Nk = 0;
+  const void* dy = nullptr; int64_t dy_sb = 0, dy_sc = 0;
+  const void* f = nullptr;  int64_t f_sb = 0, f_sc = 0;
+  const void* g = nullptr;  int64_t g_sb = 0, g_sc = 0;
+  const void* h = nullptr;  int64_t h_sb = 0, h_sc = 0;
+  const void* o = nullptr;  int64_t o_sb = 0, o_sc = 0;
+  const double* lse = nullptr;  // (B, Nq) contiguous, float64
+  const void* gamma = nullptr;  // one element of the storage dtype
+  // Cotangents, contiguous, storage dtype: uf (B, Cqk, Nq), ug (B, Cqk, Nk), uh (B, Cv, Nk).
+  const void* uf = nullptr;
+  const void* ug = nullptr;
+  const void* uh = nullptr;
+  double ugamma = 0.0;
+  // Row statistics (B, Nq) contiguous, accumulate dtype, written by the first pass: D, R, P, Q.
+  void* rowstats = nullptr;     // 4 x (B, Nq)
+  // Outputs, contiguous, storage dtype: d_dy (B, Cv, Nq), d_f (B, Cqk, Nq), d_g (B, Cqk, Nk),
+  // d_h (B, Cv, Nk); d_gamma one float64.
+  void* d_dy = nullptr;
+  void* d_f = nullptr;
+  void* d_g = nullptr;
+  void* d_h = nullptr;
+  double* d_gamma = nullptr;
+  double scale = 1.0;
+};
+
 }  // namespace sagan::kernels

@@ -15,6 +15,7 @@
 
 #include <array>
 
+#include "csrc/reference/self_attn_reference.h"
 #include "csrc/self_attn_check.h"
 #include "csrc/self_attn_kernel_args.h"
 #include "kernels/cuda/self_attn_cuda.h"
@@ -88,11 +89,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cu
   return {t.df, t.dg, t.dh, dgamma.to(t.gamma.scalar_type()).reshape(gamma_in.sizes())};
 }
 
+// Not fused on CUDA yet: the composite reference (it materialises (B, Nq, Nk) maps), in the
+// accumulate dtype.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_double_backward_cuda(
+    const at::Tensor& uf, const at::Tensor& ug, const at::Tensor& uh, const at::Tensor& ugamma,
+    const at::Tensor& grad_y, const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
+    const at::Tensor& o, const at::Tensor& lse, const at::Tensor& gamma, double scale) {
+  check_self_attn_double_backward_args(uf, ug, uh, ugamma, grad_y, f, g, h, o, lse, gamma, scale);
+  const c10::cuda::CUDAGuard guard(f.device());
+  const auto dtype = f.scalar_type();
+  const auto acc = self_attn_accum_type(dtype);
+  auto [d_dy, d_f, d_g, d_h, d_gamma] = reference::self_attn_double_backward(
+      uf.to(acc), ug.to(acc), uh.to(acc), ugamma.to(acc), grad_y.to(acc), f.to(acc), g.to(acc),
+      h.to(acc), gamma.to(acc), scale);
+  return {d_dy.to(dtype), d_f.to(dtype), d_g.to(dtype), d_h.to(dtype), d_gamma.to(dtype)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sagan, CUDA, m) {
   m.impl("self_attn_fwd", &self_attn_fwd_cuda);
   m.impl("self_attn_backward", &self_attn_backward_cuda);
+  m.impl("self_attn_double_backward", &self_attn_double_backward_cuda);
 }
 
 }  // namespace sagan

@@ -21,4 +21,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward(
     const at::Tensor& grad_y, const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
     const at::Tensor& gamma, double scale);
 
+// The VJP of self_attn_backward's (grad_f, grad_g, grad_h, grad_gamma) against the cotangents
+// (uf, ug, uh, ugamma), with respect to (grad_y, f, g, h, gamma): the closed form derived in
+// kernels/cpu/self_attn_cpu_double_backward_kernel.h, in ATen ops on the (B, Nq, Nk) maps, recomputing
+// p and o from f, g, h (so it is itself differentiable in all of them: the third-derivative path).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_double_backward(
+    const at::Tensor& uf, const at::Tensor& ug, const at::Tensor& uh, const at::Tensor& ugamma,
+    const at::Tensor& grad_y, const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
+    const at::Tensor& gamma, double scale);
+
 }  // namespace sagan::reference

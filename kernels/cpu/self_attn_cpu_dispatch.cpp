@@ -43,9 +43,19 @@ void self_attn_bwd(const SelfAttnBwdParams& params, const ParallelFor& parallel_
   isa_default::self_attn_bwd_impl<T>(params, parallel_for);
 }
 
+template <typename T>
+void self_attn_double_bwd(const SelfAttnDoubleBwdParams& params, const ParallelFor& parallel_for) {
+#if SAGAN_CPU_HAS_AVX2_BUILD
+  if (use_avx2()) return isa_avx2::self_attn_double_bwd_impl<T>(params, parallel_for);
+#endif
+  isa_default::self_attn_double_bwd_impl<T>(params, parallel_for);
+}
+
 template void self_attn_fwd<float>(const SelfAttnFwdParams&, const ParallelFor&);
 template void self_attn_fwd<double>(const SelfAttnFwdParams&, const ParallelFor&);
 template void self_attn_bwd<float>(const SelfAttnBwdParams&, const ParallelFor&);
 template void self_attn_bwd<double>(const SelfAttnBwdParams&, const ParallelFor&);
+template void self_attn_double_bwd<float>(const SelfAttnDoubleBwdParams&, const ParallelFor&);
+template void self_attn_double_bwd<double>(const SelfAttnDoubleBwdParams&, const ParallelFor&);
 
 }  // namespace sagan::kernels::cpu

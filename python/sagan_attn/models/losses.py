@@ -97,12 +97,34 @@ def gradient_penalty(
     if eps is None:
         eps = torch.rand(batch, device=real.device)
     eps = eps.to(real.dtype).view(batch, *([1] * (real.dim() - 1)))
-    x_hat = (eps * real.detach() + (1.0 - eps) * fake.detach()).requires_grad_(True)
+    x_hat = eps * real.detach() + (1.0 - eps) * fake.detach()
+    grad = _input_gradient(discriminator, x_hat, y, grad_scale, autocast)
+    return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+def r1_penalty(
+    discriminator: nn.Module,
+    real: torch.Tensor,
+    y: Optional[torch.Tensor] = None,
+    *,
+    grad_scale: float = 1.0,
+    autocast: Optional[Callable] = None,
+) -> torch.Tensor:
+    """R1's penalty E[||grad_x D(x)||_2^2] on real images (Mescheder et al. 2018; StyleGAN2 weighs it
+    by gamma / 2), differentiable with respect to D's parameters (``create_graph=True``: the attention
+    blocks' second derivatives run through the fused double backward). ``grad_scale`` and ``autocast``
+    as in ``gradient_penalty``."""
+    grad = _input_gradient(discriminator, real.detach(), y, grad_scale, autocast)
+    return grad.flatten(1).square().sum(1).mean()
+
+
+def _input_gradient(discriminator, x, y, grad_scale, autocast):
+    """grad_x of sum D(x), kept in the graph (create_graph=True), in float32 or wider."""
+    x = x.requires_grad_(True)
     if autocast is None:
-        out = discriminator(x_hat, y)
+        out = discriminator(x, y)
     else:
         with autocast():
-            out = discriminator(x_hat, y)
-    (grad,) = torch.autograd.grad(_wide(out).sum() * grad_scale, x_hat, create_graph=True)
-    grad = _wide(grad) / grad_scale
-    return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+            out = discriminator(x, y)
+    (grad,) = torch.autograd.grad(_wide(out).sum() * grad_scale, x, create_graph=True)
+    return _wide(grad) / grad_scale
