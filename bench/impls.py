@@ -1,6 +1,6 @@
 """The implementations under test, each a function y = impl(f, g, h, x, gamma) on (B, C, N) tensors.
 
-  notebook         the notebook module's math (../shared/spec/notebook_self_attn.py), from
+  notebook         the SAGAN notebook module's math, as the package's bmm reference
                    ``sagan_attn.reference``: bmm, softmax, bmm, ``gamma * o + x``; keeps the N x N map.
   sdpa-<backend>   ``F.scaled_dot_product_attention(scale=1.0)`` with one backend forced through
                    ``torch.nn.attention.sdpa_kernel``: q = f^T, k = g^T, v = h^T as (B, 1, N, C), the

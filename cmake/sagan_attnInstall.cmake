@@ -25,7 +25,10 @@ string(REGEX MATCH "^[0-9]+\\.[0-9]+" SAGAN_ATTN_TORCH_MAJOR_MINOR "${Torch_VERS
 
 # The installed library finds libtorch (and, in a CUDA build, the CUDA libraries) where the build found
 # them, i.e. in the torch wheel, and anything installed beside it; the build folder is not searched.
-set_target_properties(sagan_attn PROPERTIES INSTALL_RPATH "$ORIGIN" INSTALL_RPATH_USE_LINK_PATH TRUE)
+# torch's lib folder is named: INSTALL_RPATH_USE_LINK_PATH leaves out folders inside the project, where
+# the torch of the project's own virtual environment (.venv) lies.
+set_target_properties(sagan_attn PROPERTIES INSTALL_RPATH "$ORIGIN;${TORCH_INSTALL_PREFIX}/lib"
+                                            INSTALL_RPATH_USE_LINK_PATH TRUE)
 
 install(TARGETS sagan_attn LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}")
 install(FILES ${SAGAN_ATTN_PUBLIC_HEADERS} DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/sagan_attn")

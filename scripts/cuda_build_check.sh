@@ -19,15 +19,18 @@ if [ -z "${CUDACXX:-}" ] && ! command -v nvcc > /dev/null && [ ! -x /usr/local/c
   exit 1
 fi
 
-[ -x "$VENV/bin/python" ] || python -m venv "$VENV"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
+export PATH="$VENV/bin:$PATH"  # its cmake and ninja
 echo "== CUDA build check: installing $TORCH_SPEC into $VENV =="
+# The CUDA torch first, then the build tools (requirements-dev.txt without its CPU torch pin).
 "$PY" -m pip install -q "$TORCH_SPEC" $(grep -v -E '^\s*(#|$|torch[=<> ])' requirements-dev.txt)
 "$PY" -c "import torch; assert torch.version.cuda, 'this torch has no CUDA'; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 
 echo "== CUDA build check: building for TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST =="
-# Not editable: the CPU build's _C in python/sagan_attn stays untouched; this one goes to $VENV.
-"$PY" -m pip install -q --no-build-isolation --no-deps --force-reinstall .
+# Not editable: the CPU build's _C in python/sagan_attn stays untouched; this one goes to $VENV, with
+# the extras' dependencies that the tests use (torch is none of them: the CUDA torch above stays).
+"$PY" -m pip install -q --no-build-isolation ".[train,bench,test]"
 "$PY" - <<'PYEOF'
 import torch, sagan_attn
 info = sagan_attn.build_info()

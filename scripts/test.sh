@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Runs every test of sagan-attn: sets up and builds (scripts/setup.sh), then the GoogleTest suite
-# (through ctest) and the pytest suite. Exits non-zero if anything fails.
+# Runs every test of sagan-attn: sets up and builds (scripts/setup.sh: the project's virtual environment,
+# .venv; quick when nothing changed), then the GoogleTest suite (through ctest), the C++ package test and
+# the pytest suite, all with the environment's tools and python. Exits non-zero if anything fails.
+# Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+source scripts/venv.sh
+venv_require test.sh
 echo "== GoogleTest (ctest) =="
 ctest --test-dir "${SAGAN_ATTN_BUILD_DIR:-build/cmake}" --output-on-failure
 echo "== C++ package (cmake --install, examples/cpp) =="
 bash scripts/test_cpp_package.sh
 echo "== pytest =="
-python -m pytest tests/python -q -ra "$@"
+"$PY" -m pytest tests/python -q -ra "$@"

@@ -8,9 +8,9 @@ For a few feature-map sizes it
       before the step, with glibc told to hand every block of 64 KiB or more back to the system on
       free (``MALLOC_MMAP_THRESHOLD_``), so the peak is that of the live tensors, not of a reused heap.
 
-The baseline is the notebook module (``../shared/spec/notebook_self_attn.py``) rebuilt here on
-``sagan_attn.reference`` (the same convolutions, the same math: bmm, softmax, bmm, and it returns the
-map as the notebook does), so that the package does not depend on files outside it at run time.
+The baseline is the widely shared notebook's ``self_attn`` module, as the package's own bmm module
+``NotebookSelfAttention`` below: on ``sagan_attn.reference``, with the same convolutions and the same
+math (bmm, softmax, bmm), and it returns the map as the notebook does.
 
 ``python -m sagan_attn --info`` prints what the extension was built with.
 """
@@ -519,7 +519,7 @@ def run(cfg: Config) -> int:
         threads = f" ({torch.cuda.get_device_name()})"
     print(f"device: {cfg.device}{threads}; torch {torch.__version__}; B={cfg.batch}, C={cfg.channels}, "
           f"Cqk={max(1, cfg.channels // 8)}, Cv=C, gamma={GAMMA}")
-    print("baseline: the notebook's module (../shared/spec/notebook_self_attn.py) rebuilt on sagan_attn.reference:")
+    print("baseline: the notebook's self_attn module, as the package's bmm module on sagan_attn.reference:")
     print("          same 1x1 convs and weights (its state_dict), same math (bmm, softmax, bmm, keeps the N x N map)")
     for note in cfg.notes:
         print(f"note: {note}")

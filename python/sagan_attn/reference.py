@@ -1,8 +1,9 @@
 """The plain-PyTorch oracle for ``sagan::self_attn``: the notebook module's math, in any dtype.
 
 This is the one reference implementation of the project (tests, benchmarks and the demo use it).
-It materialises the (B, Nq, Nk) attention map, exactly as the bmm-based module users have today
-(``../shared/spec/notebook_self_attn.py``), so keep it to sizes where that fits in memory.
+It materialises the (B, Nq, Nk) attention map, exactly as the bmm-based module users have today (the
+widely shared SAGAN notebook's ``self_attn``: bmm, softmax, bmm), so keep it to sizes where that fits
+in memory.
 """
 from __future__ import annotations
 
