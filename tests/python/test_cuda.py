@@ -1,8 +1,15 @@
-"""CUDA kernels of torch.ops.sagan.self_attn: forward and all five gradients against the float64 oracle
-on awkward shapes, both kernel families (tensor-core and SIMT), opcheck, torch.compile, CUDA graphs,
-deterministic backward, memory growth. Skipped where no CUDA device is present.
+"""What only CUDA has, for torch.ops.sagan.self_attn: both kernel families (tensor-core and SIMT) on
+shapes chosen for the CUDA tiles (forward, all five gradients, o and lse against the float64 oracle),
+strided inputs that rule out vector loads, large logits, B = 300, the deterministic backward, bf16
+opcheck (tensor cores), CUDA graphs, memory growth, autocast across devices. Skipped where no CUDA
+device is present.
 
-Tolerances are those of test_op.py (see its docstring): float64 1e-10 and float32 2e-5 relative to the
+The device-independent matrix (test_op, test_errors, test_torch_integration, test_compile,
+test_autocast, test_module, test_nonfinite_tiles) runs on CUDA too, through the `device` fixture; what
+it covers is not repeated here (float32 opcheck and self_attn_fwd opcheck, torch.compile against
+eager, the module on CUDA against the CPU).
+
+Tolerances are those of op_testing (see its docstring): float64 1e-10 and float32 2e-5 relative to the
 tensor's scale, bf16/fp16 the style rule (at most 2x the error of the reference run in the same dtype
 on the same device, plus one eps of the result's scale).
 """
@@ -16,31 +23,27 @@ import torch
 import sagan_attn
 from sagan_attn import reference
 
-from conftest import (
+from op_testing import (
+    DTYPE_IDS,
+    DTYPES,
     OP,
+    RTOL,
     Inputs,
+    assert_identical,
     assert_rel_max_close,
     assert_style_rule,
+    check_against_oracle,
+    deterministic,
     make_inputs,
-    random_grad,
+    random_grad_y,
     run_with_grads,
 )
-from test_op import check_against_oracle
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
-DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
-DTYPE_IDS = ["f64", "f32", "bf16", "f16"]
-
 
 def cuda_inputs(*args, **kwargs) -> Inputs:
-    cpu = make_inputs(*args, **kwargs)
-    return Inputs(*[None if t is None else t.cuda() for t in cpu])
-
-
-def cuda_grad(inputs: Inputs, dtype, seed=1234):
-    B, Cv, Nq = inputs.h.shape[0], inputs.h.shape[1], inputs.f.shape[2]
-    return random_grad((B, Cv, Nq), dtype, seed).cuda()
+    return make_inputs(*args, device="cuda", **kwargs)
 
 
 @pytest.fixture(params=["auto", "simt"])
@@ -87,7 +90,7 @@ SHAPE_CASES = [
 )
 def test_forward_and_grads_match_reference(B, Cqk, Cv, Nq, Nk, with_x, scale, dtype, kernels):
     inputs = cuda_inputs(B, Cqk, Cv, Nq, Nk, dtype, with_x=with_x, seed=B * 1000 + Nq)
-    check_against_oracle(inputs, scale, dtype, grad_y=cuda_grad(inputs, dtype), what=f"{kernels}: ")
+    check_against_oracle(inputs, scale, dtype, grad_y=random_grad_y(inputs, dtype), what=f"{kernels}: ")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -105,7 +108,7 @@ def test_lse_and_o_match_reference(dtype, kernels):
         low_o = reference.self_attn(inputs.f, inputs.g, inputs.h, None, one, 0.5)
         assert_style_rule(o, low_o, oracle_o, dtype, "o")
     else:
-        assert_rel_max_close(o, oracle_o, {torch.float64: 1e-10, torch.float32: 2e-5}[dtype], "o")
+        assert_rel_max_close(o, oracle_o, RTOL[dtype], "o")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
@@ -118,18 +121,18 @@ def test_strided_inputs(dtype, kernels):
     x = torch.randn(B, N, C, device="cuda", dtype=dtype).transpose(1, 2)
     gamma = torch.tensor(0.7, device="cuda", dtype=dtype)
     inputs = Inputs(f, g, h, x, gamma)
-    check_against_oracle(inputs, 1.0, dtype, grad_y=cuda_grad(inputs, dtype))
+    check_against_oracle(inputs, 1.0, dtype, grad_y=random_grad_y(inputs, dtype))
 
 
 def test_large_batch():
     inputs = cuda_inputs(300, 4, 8, 20, 24, torch.bfloat16, seed=9)
-    check_against_oracle(inputs, 1.0, torch.bfloat16, grad_y=cuda_grad(inputs, torch.bfloat16))
+    check_against_oracle(inputs, 1.0, torch.bfloat16, grad_y=random_grad_y(inputs, torch.bfloat16))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 def test_large_logits_and_nonfinite(dtype, kernels):
     inputs = cuda_inputs(1, 8, 16, 100, 70, dtype, seed=2, magnitude=12.0)  # logits ~ 1e3
-    check_against_oracle(inputs, 1.0, dtype, grad_y=cuda_grad(inputs, dtype))
+    check_against_oracle(inputs, 1.0, dtype, grad_y=random_grad_y(inputs, dtype))
     f = inputs.f.clone()
     f[0, 0, 3] = float("nan")
     y = OP(f, inputs.g, inputs.h, inputs.x, inputs.gamma, 1.0)
@@ -140,41 +143,22 @@ def test_large_logits_and_nonfinite(dtype, kernels):
 
 def test_deterministic_backward_bit_identical():
     inputs = cuda_inputs(2, 16, 128, 300, 260, torch.bfloat16, seed=4)
-    grad_y = cuda_grad(inputs, torch.bfloat16)
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    grad_y = random_grad_y(inputs, torch.bfloat16)
+    with deterministic("cuda"):
         runs = [run_with_grads(OP, inputs, 1.0, grad_y) for _ in range(3)]
-    finally:
-        torch.use_deterministic_algorithms(prev)
-    for other in runs[1:]:
-        for a, b in zip(runs[0], other):
-            assert a is None or torch.equal(a, b)
+    for k, other in enumerate(runs[1:]):
+        assert_identical(runs[0], other, f"deterministic run {k + 2} vs 1")
     # The deterministic df kernel is as accurate as the default (atomic) one.
     oracle = run_with_grads(reference.self_attn, inputs, 1.0, grad_y, dtype=torch.float64)
     low = run_with_grads(reference.self_attn, inputs, 1.0, grad_y)
     assert_style_rule(runs[0][1], low[1], oracle[1], torch.bfloat16, "grad_f (deterministic)")
 
 
-def test_opcheck_cuda():
-    for dtype in (torch.float32, torch.bfloat16):
-        inputs = cuda_inputs(2, 8, 16, 70, 50, dtype, requires_grad=True, seed=1)
-        torch.library.opcheck(OP, (*inputs.as_list(), 1.0))
-    inputs = cuda_inputs(2, 8, 16, 70, 50, torch.float32, seed=1)
-    torch.library.opcheck(torch.ops.sagan.self_attn_fwd.default, (*inputs.as_list(), 0.5))
-
-
-def test_compile_matches_eager():
-    inputs = cuda_inputs(2, 8, 64, 256, 64, torch.bfloat16, requires_grad=True, seed=3)
-
-    def block(f, g, h, x, gamma):
-        return OP(f, g, h, x, gamma, 1.0).float().square().sum()
-
-    compiled = torch.compile(block, fullgraph=True)
-    eager_grads = torch.autograd.grad(block(*inputs.as_list()), inputs.as_list())
-    comp_grads = torch.autograd.grad(compiled(*inputs.as_list()), inputs.as_list())
-    for a, b in zip(eager_grads, comp_grads):
-        assert torch.equal(a, b)
+def test_opcheck_bf16_tensor_cores():
+    """bf16 takes the tensor-core kernels on CUDA (float32 and float64 opcheck run on every device in
+    test_torch_integration.py)."""
+    inputs = cuda_inputs(2, 8, 16, 70, 50, torch.bfloat16, requires_grad=True, seed=1)
+    torch.library.opcheck(OP, (*inputs.as_list(), 1.0))
 
 
 def test_cuda_graph_capture_and_replay():
@@ -204,7 +188,7 @@ def test_peak_memory_linear_in_n():
     for side in (64, 128):
         N = side * side
         inputs = cuda_inputs(8, 32, 256, N, N, torch.bfloat16, requires_grad=True, seed=8)
-        grad_y = cuda_grad(inputs, torch.bfloat16)
+        grad_y = random_grad_y(inputs, torch.bfloat16)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -218,12 +202,13 @@ def test_peak_memory_linear_in_n():
     assert extra[16384] < 2**30, f"{extra[16384] / 2**20:.0f} MiB at 128x128"
 
 
-def test_module_on_cuda_matches_cpu():
-    torch.manual_seed(0)
-    m = sagan_attn.SelfAttention2d(32)
-    with torch.no_grad():
-        m.gamma.fill_(0.5)
-    x = torch.randn(2, 32, 9, 11)
-    want = m(x)
-    got = m.cuda()(x.cuda())
-    assert_rel_max_close(got.cpu(), want, 2e-5, "y")
+def test_cuda_autocast_leaves_cpu_tensors_alone():
+    """CUDA autocast does not touch CPU tensors (nor CPU autocast CUDA ones), as for matmul."""
+    inputs = make_inputs(1, 4, 8, 30, 20, torch.float32, seed=71)
+    with torch.autocast("cuda", dtype=torch.float16):
+        y = OP(*inputs, 1.0)
+    assert y.dtype == torch.float32 and torch.equal(y, OP(*inputs, 1.0))
+    cuda = cuda_inputs(1, 4, 8, 30, 20, torch.float32, seed=71)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = OP(*cuda, 1.0)
+    assert y.dtype == torch.float32 and torch.equal(y, OP(*cuda, 1.0))

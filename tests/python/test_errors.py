@@ -1,7 +1,9 @@
 """Bad inputs of torch.ops.sagan.self_attn (and of the internal self_attn_backward) raise a clear
-error of the right Python type whose message names the offending argument:
+error of the right Python type whose message names the offending argument, on every available device:
 ValueError for shapes / ranks / empty tensors / gamma's element count / scale, TypeError for dtypes,
-RuntimeError for devices."""
+RuntimeError for devices.
+
+The error cases are built once, on the CPU, and each test moves them to its device (on_device)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +14,7 @@ import torch
 
 import sagan_attn
 
-from conftest import OP
+from op_testing import DEVICES, OP
 
 B, CQK, CV, NQ, NK = 2, 4, 5, 10, 12
 
@@ -23,23 +25,28 @@ def t(*shape, dtype=torch.float32, device="cpu"):
     return torch.ones(*shape, dtype=dtype, device=device)
 
 
-def good(**override):
-    """Valid (f, g, h, x, gamma, scale), with some replaced."""
+def good(device="cpu", **override):
+    """Valid (f, g, h, x, gamma, scale) on ``device``, with some replaced (overrides moved there too)."""
     args = dict(
         f=t(B, CQK, NQ), g=t(B, CQK, NK), h=t(B, CV, NK), x=t(B, CV, NQ), gamma=t(()), scale=1.0
     )
     args.update(override)
-    return args
+    return on_device(args, device)
+
+
+def on_device(args, device):
+    """The dict's tensors moved to ``device`` (the same tensors on the CPU); other values as they are."""
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
 
 
 def call(args):
     return OP(args["f"], args["g"], args["h"], args["x"], args["gamma"], args["scale"])
 
 
-def test_valid_baseline_runs():
+def test_valid_baseline_runs(device):
     # The error cases below differ from this one call in a single argument.
-    assert call(good()).shape == (B, CV, NQ)
-    assert call(good(x=None, gamma=t(1))).shape == (B, CV, NQ)
+    assert call(good(device)).shape == (B, CV, NQ)
+    assert call(good(device, x=None, gamma=t(1))).shape == (B, CV, NQ)
 
 
 # (id, override, error type, regex the message must match). Every regex starts with the argument name.
@@ -106,17 +113,17 @@ ERROR_CASES = [
 
 
 @pytest.mark.parametrize("override,exc,pattern", [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
-def test_bad_input_raises_naming_the_argument(override, exc, pattern):
+def test_bad_input_raises_naming_the_argument(override, exc, pattern, device):
     with pytest.raises(exc, match=pattern):
-        call(good(**override))
+        call(good(device, **override))
 
 
 @pytest.mark.parametrize("override,exc,pattern", [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
-def test_bad_input_raises_with_requires_grad(override, exc, pattern):
+def test_bad_input_raises_with_requires_grad(override, exc, pattern, device):
     """The same errors through the autograd path (inputs requiring grad), not a crash or a later failure
     in backward."""
     args = {k: (v.requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-            for k, v in good(**override).items()}
+            for k, v in good(device, **override).items()}
     with pytest.raises(exc, match=pattern):
         call(args)
 
@@ -126,9 +133,10 @@ def test_bad_input_raises_with_requires_grad(override, exc, pattern):
     [(torch.int64, "Long"), (torch.int32, "Int"), (torch.bool, "Bool"), (torch.complex64, "ComplexFloat")],
     ids=["int64", "int32", "bool", "complex64"],
 )
-def test_non_float_dtype_of_f(dtype, name):
+def test_non_float_dtype_of_f(dtype, name, device):
     """All tensors share one non-float dtype: the error is about f's dtype, listing what is supported."""
     args = good(
+        device,
         f=t(B, CQK, NQ, dtype=dtype), g=t(B, CQK, NK, dtype=dtype), h=t(B, CV, NK, dtype=dtype),
         x=t(B, CV, NQ, dtype=dtype), gamma=t((), dtype=dtype),
     )
@@ -138,45 +146,55 @@ def test_non_float_dtype_of_f(dtype, name):
         call(args)
 
 
+# The device that mismatches the CPU: 'meta' (shape-only tensors) always, a GPU where there is one.
+# Messages name the device as torch prints it: "cuda:0", hence the optional index in the patterns.
+OTHER_DEVICES = ["meta"] + [d for d in DEVICES if d != "cpu"]
+
+
+@pytest.mark.parametrize("other", OTHER_DEVICES)
 @pytest.mark.parametrize("which", ["g", "h", "x", "gamma"])
-def test_device_mismatch(which):
-    """Only the CPU is available here, so the mismatching device is 'meta' (shape-only tensors)."""
+def test_device_mismatch(which, other):
     args = good()
-    args[which] = args[which].to("meta")
-    with pytest.raises(RuntimeError, match=rf"self_attn: {which} must be on device cpu like f, got meta"):
+    args[which] = args[which].to(other)
+    with pytest.raises(RuntimeError, match=rf"self_attn: {which} must be on device cpu like f, got {other}"):
         call(args)
 
 
-def test_device_mismatch_f_on_meta():
+@pytest.mark.parametrize("other", OTHER_DEVICES)
+def test_device_mismatch_f_elsewhere(other):
     args = good()
-    args["f"] = args["f"].to("meta")
-    with pytest.raises(RuntimeError, match=r"self_attn: g must be on device meta like f, got cpu"):
+    args["f"] = args["f"].to(other)
+    with pytest.raises(RuntimeError, match=rf"self_attn: g must be on device {other}(:\d+)? like f, got cpu"):
         call(args)
 
 
-def test_functional_wrapper_reports_the_same_errors():
+def test_functional_wrapper_reports_the_same_errors(device):
+    f, g, h = t(B, CQK, NQ, device=device), t(B, CQK, NK, device=device), t(B, CV, NK, device=device)
     with pytest.raises(ValueError, match=r"self_attn: h must have shape"):
-        sagan_attn.self_attn(t(B, CQK, NQ), t(B, CQK, NK), t(B, CV, NK + 1))
+        sagan_attn.self_attn(f, g, t(B, CV, NK + 1, device=device))
     with pytest.raises(TypeError, match=r"self_attn: g must have dtype Float like f, got Double"):
-        sagan_attn.self_attn(t(B, CQK, NQ), t(B, CQK, NK, dtype=torch.float64), t(B, CV, NK), gamma=0.5)
+        sagan_attn.self_attn(f, t(B, CQK, NK, dtype=torch.float64, device=device), h, gamma=0.5)
     with pytest.raises(ValueError, match=r"self_attn: scale must be finite"):
-        sagan_attn.self_attn(t(B, CQK, NQ), t(B, CQK, NK), t(B, CV, NK), scale=float("nan"))
+        sagan_attn.self_attn(f, g, h, scale=float("nan"))
 
 
-def test_internal_fwd_op_checks_too():
+def test_internal_fwd_op_checks_too(device):
+    args = good(device, x=t(B, CV + 1, NQ))
     with pytest.raises(ValueError, match=r"self_attn: x must have shape"):
-        torch.ops.sagan.self_attn_fwd(t(B, CQK, NQ), t(B, CQK, NK), t(B, CV, NK), t(B, CV + 1, NQ), t(()), 1.0)
+        torch.ops.sagan.self_attn_fwd(args["f"], args["g"], args["h"], args["x"], args["gamma"], 1.0)
 
 
 # --------------------------------------------------------------------------------------------------
 # The internal fused backward op: its extra arguments grad_y, o and lse are checked as well.
 
 
-def backward_args(dtype=torch.float32, **override):
-    f, g, h, gamma = t(B, CQK, NQ, dtype=dtype), t(B, CQK, NK, dtype=dtype), t(B, CV, NK, dtype=dtype), t((), dtype=dtype)
+def backward_args(device="cpu", dtype=torch.float32, **override):
+    """Valid arguments of self_attn_backward on ``device``, with some replaced (moved there too)."""
+    f, g, h = (t(*shape, dtype=dtype, device=device) for shape in [(B, CQK, NQ), (B, CQK, NK), (B, CV, NK)])
+    gamma = t((), dtype=dtype, device=device)
     _, o, lse = torch.ops.sagan.self_attn_fwd(f, g, h, None, gamma, 1.0)
-    args = dict(grad_y=t(B, CV, NQ, dtype=dtype), f=f, g=g, h=h, o=o, lse=lse, gamma=gamma, scale=1.0)
-    args.update(override)
+    args = dict(grad_y=t(B, CV, NQ, dtype=dtype, device=device), f=f, g=g, h=h, o=o, lse=lse, gamma=gamma, scale=1.0)
+    args.update(on_device(override, device))
     return args
 
 
@@ -184,8 +202,8 @@ def call_backward(a):
     return torch.ops.sagan.self_attn_backward(a["grad_y"], a["f"], a["g"], a["h"], a["o"], a["lse"], a["gamma"], a["scale"])
 
 
-def test_internal_backward_valid_baseline():
-    grads = call_backward(backward_args())
+def test_internal_backward_valid_baseline(device):
+    grads = call_backward(backward_args(device))
     assert [tuple(gr.shape) for gr in grads] == [(B, CQK, NQ), (B, CQK, NK), (B, CV, NK), ()]
 
 
@@ -211,13 +229,13 @@ BACKWARD_ERROR_CASES = [
 @pytest.mark.parametrize(
     "override,exc,pattern", [c[1:] for c in BACKWARD_ERROR_CASES], ids=[c[0] for c in BACKWARD_ERROR_CASES]
 )
-def test_internal_backward_bad_input(override, exc, pattern):
+def test_internal_backward_bad_input(override, exc, pattern, device):
     with pytest.raises(exc, match=pattern):
-        call_backward(backward_args(**override))
+        call_backward(backward_args(device, **override))
 
 
-def test_internal_backward_lse_must_be_float64_for_bf16():
-    args = backward_args(dtype=torch.bfloat16)
+def test_internal_backward_lse_must_be_float64_for_bf16(device):
+    args = backward_args(device, dtype=torch.bfloat16)
     assert args["lse"].dtype == torch.float64
     call_backward(args)  # valid
     args["lse"] = args["lse"].to(torch.bfloat16)
@@ -229,33 +247,33 @@ def test_internal_backward_lse_must_be_float64_for_bf16():
 # Layouts, and scale / gamma checked as they are used.
 
 
-def nested(*shapes):
-    return torch.nested.nested_tensor([torch.randn(*s) for s in shapes])
+def nested(*shapes, layout=torch.strided, device="cpu"):
+    return torch.nested.nested_tensor([torch.randn(*s) for s in shapes], layout=layout, device=device)
 
 
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "requires_grad"])
 @pytest.mark.parametrize("which", ["f", "g", "h", "x"])
-def test_nested_tensor_is_named(which, requires_grad):
+def test_nested_tensor_is_named(which, requires_grad, device):
     """A nested tensor used to reach 'Internal error: NestedTensorImpl doesn't support sizes'."""
-    args = good()
-    args[which] = nested((CQK, NQ), (CQK, NQ + 3)).requires_grad_(requires_grad)
+    args = good(device)
+    args[which] = nested((CQK, NQ), (CQK, NQ + 3), device=device).requires_grad_(requires_grad)
     with pytest.raises(ValueError, match=rf"self_attn: {which} is a nested tensor; self_attn takes dense"):
         call(args)
 
 
 @pytest.mark.parametrize("layout", [torch.strided, torch.jagged], ids=["nested_strided", "jagged"])
-def test_nested_tensor_through_functional_and_autocast(layout):
-    nt = torch.nested.nested_tensor([torch.randn(CQK, NQ), torch.randn(CQK, NQ + 2)], layout=layout)
+def test_nested_tensor_through_functional_and_autocast(layout, device):
+    nt = nested((CQK, NQ), (CQK, NQ + 2), layout=layout, device=device)
     with pytest.raises(ValueError, match=r"self_attn: f is a nested tensor"):
-        sagan_attn.self_attn(nt, t(B, CQK, NK), t(B, CV, NK))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sagan_attn.self_attn(nt, t(B, CQK, NK, device=device), t(B, CV, NK, device=device))
+    with torch.autocast(device, dtype=torch.bfloat16):
         with pytest.raises(ValueError, match=r"self_attn: f is a nested tensor"):
-            call(good(f=nt))
+            call(good(device, f=nt))
 
 
 @pytest.mark.parametrize("which", ["f", "h", "gamma"])
-def test_sparse_tensor_is_named(which):
-    args = good()
+def test_sparse_tensor_is_named(which, device):
+    args = good(device)
     args[which] = args[which].to_sparse()
     with pytest.raises(ValueError, match=rf"self_attn: {which} must be a dense \(strided\) tensor, got layout Sparse"):
         call(args)
@@ -266,59 +284,65 @@ LOW_DTYPES = [(torch.float32, "Float"), (torch.bfloat16, "BFloat16"), (torch.flo
 
 @pytest.mark.parametrize("dtype,name", LOW_DTYPES, ids=["f32", "bf16", "f16"])
 @pytest.mark.parametrize("scale", [1e39, -1e39, 2.4e38])
-def test_scale_beyond_float32_is_rejected(scale, dtype, name):
+def test_scale_beyond_float32_is_rejected(scale, dtype, name, device):
     """1e39 is a finite double but inf in float32, where these dtypes compute: it used to turn y into
     NaN. The bound is float32's max / log2(e) = 2.3587e38 (the CUDA kernels use exp2)."""
-    args = good(scale=scale, **{k: v.to(dtype) for k, v in good().items() if isinstance(v, torch.Tensor)})
+    args = good(device, scale=scale, **{k: v.to(dtype) for k, v in good().items() if isinstance(v, torch.Tensor)})
     with pytest.raises(ValueError, match=rf"self_attn: scale must satisfy \|scale\| <= 2.3586\de\+38 for {name} inputs"):
         call(args)
-    bwd = backward_args(dtype=dtype, scale=scale)
+    bwd = backward_args(device, dtype=dtype, scale=scale)
     with pytest.raises(ValueError, match=r"self_attn: scale must satisfy"):
         call_backward(bwd)
 
 
-def test_scale_bound_is_inclusive_and_float64_has_its_own():
+def test_scale_bound_is_inclusive_and_float64_has_its_own(device):
     bound = 3.4028234663852886e38 / 1.4426950408889634
-    call(good(scale=bound * (1 - 1e-12)))
-    args64 = {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in good().items()}
+    call(good(device, scale=bound * (1 - 1e-12)))
+    args64 = {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in good(device).items()}
     args64["scale"] = 1e39  # fine in float64: the float64 kernels compute in float64
     y = call(args64)
     assert not torch.isinf(y).all()
 
 
+def fgh(device):
+    """Valid f, g, h for the functional wrapper's argument checks."""
+    return t(B, CQK, NQ, device=device), t(B, CQK, NK, device=device), t(B, CV, NK, device=device)
+
+
 @pytest.mark.parametrize("scale", [10**400, -(10**400)], ids=["pos", "neg"])
-def test_functional_scale_too_large_integer(scale):
+def test_functional_scale_too_large_integer(scale, device):
     """float(10**400) raises OverflowError; ints are accepted, so the message says what range works."""
     with pytest.raises(ValueError, match=r"self_attn: scale must be finite, got an integer of 1329 bits"):
-        sagan_attn.self_attn(t(B, CQK, NQ), t(B, CQK, NK), t(B, CV, NK), scale=scale)
+        sagan_attn.self_attn(*fgh(device), scale=scale)
 
 
 @pytest.mark.parametrize("gamma,name", [([1.0], "list"), ("0.5", "str"), (None, "NoneType"), (True, "bool")])
-def test_functional_gamma_type(gamma, name):
+def test_functional_gamma_type(gamma, name, device):
     with pytest.raises(TypeError, match=rf"self_attn: gamma must be a real number or a one-element tensor, got {name}"):
-        sagan_attn.self_attn(t(B, CQK, NQ), t(B, CQK, NK), t(B, CV, NK), gamma=gamma)
+        sagan_attn.self_attn(*fgh(device), gamma=gamma)
 
 
 @pytest.mark.parametrize("scale,name", [("2", "str"), (None, "NoneType"), ([1.0], "list")])
-def test_functional_scale_type(scale, name):
+def test_functional_scale_type(scale, name, device):
     with pytest.raises(TypeError, match=rf"self_attn: scale must be a real number or a one-element tensor, got {name}"):
-        sagan_attn.self_attn(t(B, CQK, NQ), t(B, CQK, NK), t(B, CV, NK), scale=scale)
+        sagan_attn.self_attn(*fgh(device), scale=scale)
 
 
-def test_functional_scale_tensor_of_several_elements():
+def test_functional_scale_tensor_of_several_elements(device):
     with pytest.raises(ValueError, match=r"self_attn: scale must be a number or a one-element tensor, got a tensor of shape \(2,\)"):
-        sagan_attn.self_attn(t(B, CQK, NQ), t(B, CQK, NK), t(B, CV, NK), scale=torch.ones(2))
+        sagan_attn.self_attn(*fgh(device), scale=torch.ones(2, device=device))
 
 
-def test_functional_scale_tensor_gets_its_gradient():
+def test_functional_scale_tensor_gets_its_gradient(device):
     """A scale tensor that requires grad (a learnable temperature) used to be turned into a float,
     silently dropping its gradient. It is now folded into the queries and gets the reference's
     gradient, in float64, along with every other input's."""
     from sagan_attn import reference
 
-    f, g, h, x = (t(*s, dtype=torch.float64).requires_grad_() for s in [(B, CQK, NQ), (B, CQK, NK), (B, CV, NK), (B, CV, NQ)])
-    gamma = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
-    scale = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
+    f, g, h, x = (t(*s, dtype=torch.float64, device=device).requires_grad_()
+                  for s in [(B, CQK, NQ), (B, CQK, NK), (B, CV, NK), (B, CV, NQ)])
+    gamma = torch.tensor(0.7, dtype=torch.float64, device=device, requires_grad=True)
+    scale = torch.tensor(0.6, dtype=torch.float64, device=device, requires_grad=True)
     y = sagan_attn.self_attn(f, g, h, x, gamma, scale)
     dy = torch.randn_like(y)
     got = torch.autograd.grad(y, [f, g, h, x, gamma, scale], dy)
@@ -330,9 +354,9 @@ def test_functional_scale_tensor_gets_its_gradient():
     assert float(got[-1].abs()) > 0
 
 
-def test_functional_scale_tensor_without_grad_is_a_number():
-    args = [t(B, CQK, NQ), t(B, CQK, NK), t(B, CV, NK)]
-    torch.testing.assert_close(sagan_attn.self_attn(*args, scale=torch.tensor(0.25)),
+def test_functional_scale_tensor_without_grad_is_a_number(device):
+    args = fgh(device)
+    torch.testing.assert_close(sagan_attn.self_attn(*args, scale=torch.tensor(0.25, device=device)),
                                sagan_attn.self_attn(*args, scale=0.25), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"self_attn: scale must satisfy"):
-        sagan_attn.self_attn(*args, scale=torch.tensor(1e39, dtype=torch.float64))
+        sagan_attn.self_attn(*args, scale=torch.tensor(1e39, dtype=torch.float64, device=device))

@@ -3,8 +3,8 @@
 Drawn: sizes (B 1-3, Cqk 1-20, Cv 1-40, Nq and Nk 1-150, tile edges and primes favoured), the memory
 layout of every tensor, dtype (float64, float32, bfloat16, float16), scale (0, negative, small,
 large), gamma (0, negative, 1e4, shape () or (1,)), with or without the residual x. Checked:
-  * y and the gradients of every input against the float64 oracle, with the criteria of test_op.py
-    (float64 1e-10 and float32 2e-5 of each tensor's scale; bf16/fp16 the style rule of conftest),
+  * y and the gradients of every input against the float64 oracle, with the criteria of op_testing
+    (float64 1e-10 and float32 2e-5 of each tensor's scale; bf16/fp16 the style rule),
     the scale of a gradient being at least that of the terms it sums (see _term_scales: fuzzing
     finds the saturated-softmax and cancelling-sum cases that fixed test shapes avoid);
   * the op on the strided views equals the op on contiguous copies bitwise (the kernels read batch
@@ -13,10 +13,11 @@ large), gamma (0, negative, 1e4, shape () or (1,)), with or without the residual
     gradients are non-finite exactly where the reference's are, and the finite entries agree.
 
 Layouts are views of a larger leaf tensor, and gradients are taken with respect to the views, so the
-strides reach the op (conftest.leaves() clones, and a clone of a non-dense view is contiguous).
+strides reach the op (op_testing.leaves() clones, and a clone of a non-dense view is contiguous).
 
 Deterministic: derandomize=True and no example database, so every run tries the same examples; the
-example counts keep the file at ~25 s on 2 cores.
+example counts keep the file at ~25 s on 2 cores. (derandomize seeds from the test function's source:
+an edit inside a test function draws other examples.)
 """
 from __future__ import annotations
 
@@ -28,17 +29,17 @@ from hypothesis import strategies as st
 
 from sagan_attn import reference
 
-from conftest import (
+from op_testing import (
+    DTYPES,
+    INPUT_NAMES as NAMES,
+    LOW_PRECISION as LOW,
     OP,
+    RESULT_NAMES,
+    RTOL,
     assert_same_nonfinite,
     assert_style_rule,
     run_with_grads,
 )
-
-NAMES = ("f", "g", "h", "x", "gamma")
-RESULT_NAMES = ("y",) + tuple(f"grad_{n}" for n in NAMES)
-RTOL = {torch.float64: 1e-10, torch.float32: 2e-5}
-LOW = (torch.bfloat16, torch.float16)
 
 FUZZ = dict(
     derandomize=True,
@@ -56,7 +57,6 @@ cqk_sizes = st.one_of(st.sampled_from([1, 3, 5, 6, 7, 10, 12, 13, 20]), st.integ
 cv_sizes = st.one_of(st.sampled_from([1, 5, 6, 7, 8, 16, 17, 31, 40]), st.integers(1, 40))
 scales = st.one_of(st.sampled_from([1.0, 0.0, -1.0, 1e-3, 0.125, -0.3, 2.0]), st.floats(-3.0, 3.0))
 gammas = st.one_of(st.sampled_from([0.0, -0.7, 1e4, 1.0, -1e4]), st.floats(-2.0, 2.0))
-DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 # How a (B, C, N) tensor is laid out in memory:
 #   contiguous; transposed ((B, N, C) storage: N stride C, copied by the glue); channel_slice (channels
@@ -156,7 +156,7 @@ def _term_scales(vals, scale, grad_y):
     grad_gamma = sum(dy * o) cancels over random signs. There even float64-exact inputs give errors
     of eps times the terms, not eps times the result (float32 seen: 4.5e-4 of a grad_f of 4e-5 whose
     terms are ~1), so the criteria below grade each gradient against max(its own scale, its terms').
-    The low-precision floor (one eps of the result's scale in conftest) is likewise one eps of the
+    The low-precision floor (one eps of the result's scale in op_testing) is likewise one eps of the
     terms: the backward reads o as saved, rounded to bf16/fp16, and D_i = dy_i . o_i carries that."""
     f, g, h = (t.double() for t in vals[:3])
     gamma = vals[4].double().reshape(()).abs().item()

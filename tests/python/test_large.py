@@ -26,10 +26,9 @@ import torch
 
 from sagan_attn import reference
 
-from conftest import OP, assert_rel_max_close, random_grad, run_with_grads
+from op_testing import INPUT_NAMES, OP, assert_rel_max_close, random_grad, run_with_grads
 
 TWO31 = 2**31
-INPUT_NAMES = ("f", "g", "h", "x", "gamma")
 
 
 def _sparse_float32_buffer(path, numel):

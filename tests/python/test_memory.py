@@ -98,5 +98,5 @@ def test_forward_backward_memory_at_16k():
         f"(limit {0.1 * NXN_BYTES / 2**20:.0f} MiB)"
     )
     assert res["grads_finite"]
-    # float32 output, sums over 16384 keys: the 2e-5-of-scale float32 criterion of test_op.py.
+    # float32 output, sums over 16384 keys: the 2e-5-of-scale float32 criterion of op_testing.
     assert res["y_err"] <= 2e-5, res

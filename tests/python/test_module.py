@@ -1,4 +1,5 @@
-"""Tests of SelfAttention2d (python/sagan_attn/modules.py) and of the demo's command line.
+"""Tests of SelfAttention2d (python/sagan_attn/modules.py), forward and backward on every available
+device, and of the demo's command line.
 
 The oracles: the notebook module (../shared/spec/notebook_self_attn.py, imported by path, the module we
 must be a drop-in for) and, for the options the notebook lacks, a plain-PyTorch composition of the
@@ -39,17 +40,18 @@ def notebook_cls():
     return module.self_attn
 
 
-def _randn(*shape, dtype=torch.float64, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+def _randn(*shape, dtype=torch.float64, seed=0, device="cpu"):
+    """Seeded normal values, drawn on the CPU (the same on every device)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype).to(device)
 
 
-def _notebook_and_ours(notebook_cls, channels, attn_channels, dtype):
+def _notebook_and_ours(notebook_cls, channels, attn_channels, dtype, device="cpu"):
     torch.manual_seed(0)
     nb = notebook_cls(channels, attn_channels)
     with torch.no_grad():
         nb.gamma.fill_(0.5)  # non-zero: with the init value 0, y == x whatever the attention does
-    nb = nb.to(dtype)
-    ours = SelfAttention2d(channels, attn_channels).to(dtype)
+    nb = nb.to(device, dtype)
+    ours = SelfAttention2d(channels, attn_channels).to(device, dtype)
     ours.load_state_dict(nb.state_dict(), strict=True)
     return nb, ours
 
@@ -79,10 +81,10 @@ def test_parameters_match_the_notebook(notebook_cls):
     assert SelfAttention2d(4).attn_channels == 1  # ... but at least 1
 
 
-def test_notebook_state_dict_loads_and_y_matches_float64(notebook_cls):
-    nb, ours = _notebook_and_ours(notebook_cls, 16, 2, torch.float64)
+def test_notebook_state_dict_loads_and_y_matches_float64(notebook_cls, device):
+    nb, ours = _notebook_and_ours(notebook_cls, 16, 2, torch.float64, device)
     assert ours.gamma.detach().tolist() == [0.5]
-    x, grad_y = _randn(2, 16, 6, 10), _randn(2, 16, 6, 10, seed=1)
+    x, grad_y = _randn(2, 16, 6, 10, device=device), _randn(2, 16, 6, 10, seed=1, device=device)
     y_nb, grads_nb = _y_and_grads(nb, x, grad_y)
     y, grads = _y_and_grads(ours, x, grad_y)
     torch.testing.assert_close(y, y_nb, **TOL64)
@@ -93,14 +95,14 @@ def test_notebook_state_dict_loads_and_y_matches_float64(notebook_cls):
         torch.testing.assert_close(g, g_nb, **TOL64, msg=lambda m, name=name: f"grad of {name}: {m}")
 
 
-def test_notebook_state_dict_loads_and_y_matches_float32(notebook_cls):
+def test_notebook_state_dict_loads_and_y_matches_float32(notebook_cls, device):
     # House rule (STYLE.md, as flash-attention): in float32 our error against the float64 oracle must be
     # at most 2x the notebook's own float32 error, plus a floor of a few ulps of the largest value.
-    nb32, ours32 = _notebook_and_ours(notebook_cls, 16, 2, torch.float32)
-    nb64, _ = _notebook_and_ours(notebook_cls, 16, 2, torch.float64)
+    nb32, ours32 = _notebook_and_ours(notebook_cls, 16, 2, torch.float32, device)
+    nb64, _ = _notebook_and_ours(notebook_cls, 16, 2, torch.float64, device)
     # Inputs drawn in float32 and widened for the oracle: all three see the same values (and the same
     # weights: nb64 is nb32's float32 init widened), so the rounding of x does not mask the computation's.
-    x, grad_y = _randn(2, 16, 8, 12, dtype=torch.float32), _randn(2, 16, 8, 12, dtype=torch.float32, seed=1)
+    x, grad_y = (_randn(2, 16, 8, 12, dtype=torch.float32, seed=seed, device=device) for seed in (0, 1))
     y64, grads64 = _y_and_grads(nb64, x.double(), grad_y.double())
     y_nb, grads_nb = _y_and_grads(nb32, x, grad_y)
     y, grads = _y_and_grads(ours32, x, grad_y)
@@ -116,9 +118,9 @@ def test_notebook_state_dict_loads_and_y_matches_float32(notebook_cls):
         assert err <= 2 * nb_err + floor, f"{name}: fused error {err:.3g}, notebook float32 error {nb_err:.3g}"
 
 
-def test_return_attention_matches_the_notebook_map_and_warns(notebook_cls):
-    nb, ours = _notebook_and_ours(notebook_cls, 8, 2, torch.float64)
-    x = _randn(2, 8, 32, 32)
+def test_return_attention_matches_the_notebook_map_and_warns(notebook_cls, device):
+    nb, ours = _notebook_and_ours(notebook_cls, 8, 2, torch.float64, device)
+    x = _randn(2, 8, 32, 32, device=device)
     y_nb, map_nb = nb(x)
     with pytest.warns(UserWarning, match="attention map") as record:
         y, beta = ours(x, return_attention=True)
@@ -150,11 +152,11 @@ def test_demo_baseline_is_the_notebook(notebook_cls):
 
 
 @pytest.mark.parametrize("pool_kv", [False, True], ids=["full", "pooled"])
-def test_attention_rows_are_rows_of_the_full_map(pool_kv):
+def test_attention_rows_are_rows_of_the_full_map(pool_kv, device):
     torch.manual_seed(0)
-    m = SelfAttention2d(16, 4, pool_kv=pool_kv, scale=0.7).double()
+    m = SelfAttention2d(16, 4, pool_kv=pool_kv, scale=0.7).to(device, torch.float64)
     height, width = 6, 10  # not square, so a row/col mix-up shows
-    x = _randn(2, 16, height, width)
+    x = _randn(2, 16, height, width, device=device)
     with pytest.warns(UserWarning):
         _, full = m(x, return_attention=True)
     key_grid = (3, 5) if pool_kv else (6, 10)
@@ -166,13 +168,14 @@ def test_attention_rows_are_rows_of_the_full_map(pool_kv):
     assert rows.shape == (2, len(positions), *key_grid)
     torch.testing.assert_close(rows, full[:, flat].reshape(2, len(positions), *key_grid), **TOL64)
     torch.testing.assert_close(m.attention_rows(x, flat), rows, **TOL64)
-    torch.testing.assert_close(rows.sum(dim=(2, 3)), torch.ones(2, len(positions), dtype=torch.float64), **TOL64)
+    ones = torch.ones(2, len(positions), dtype=torch.float64, device=device)
+    torch.testing.assert_close(rows.sum(dim=(2, 3)), ones, **TOL64)
 
 
-def test_attention_rows_match_the_notebook_map(notebook_cls):
-    _, ours = _notebook_and_ours(notebook_cls, 16, 2, torch.float64)
-    nb, _ = _notebook_and_ours(notebook_cls, 16, 2, torch.float64)
-    x = _randn(1, 16, 5, 9)
+def test_attention_rows_match_the_notebook_map(notebook_cls, device):
+    _, ours = _notebook_and_ours(notebook_cls, 16, 2, torch.float64, device)
+    nb, _ = _notebook_and_ours(notebook_cls, 16, 2, torch.float64, device)
+    x = _randn(1, 16, 5, 9, device=device)
     _, map_nb = nb(x)
     rows = ours.attention_rows(x, [(4, 8), (1, 3)])
     torch.testing.assert_close(rows[0, 0].flatten(), map_nb[0, 4 * 9 + 8], **TOL64)
@@ -190,7 +193,7 @@ def _composed(m, x):
     if m.pool_kv:
         g = g.unflatten(2, (height // 2, 2)).unflatten(4, (width // 2, 2)).amax(dim=(3, 5))
         h = h.unflatten(2, (height // 2, 2)).unflatten(4, (width // 2, 2)).amax(dim=(3, 5))
-    ones = torch.ones(1, dtype=x.dtype)
+    ones = torch.ones(1, dtype=x.dtype, device=x.device)
     o = reference.self_attn(f, g.flatten(2), h.flatten(2), None, ones, m.scale).view(batch, -1, height, width)
     if m.o is not None:
         o = m.o(o)
@@ -213,7 +216,7 @@ OPTIONS = list(
     OPTIONS,
     ids=[f"pool{int(p)}-v{v[0] or 'C'}-o{int(v[1])}-sn{int(s)}-b{int(b)}-s{sc}" for p, v, s, b, sc in OPTIONS],
 )
-def test_options_match_composition(pool_kv, values, spectral_norm, bias, scale):
+def test_options_match_composition(pool_kv, values, spectral_norm, bias, scale, device):
     channels = 8
     value_channels, out_conv = values
     torch.manual_seed(0)
@@ -226,10 +229,10 @@ def test_options_match_composition(pool_kv, values, spectral_norm, bias, scale):
         spectral_norm=spectral_norm,
         bias=bias,
         scale=scale,
-    ).double()
+    ).to(device, torch.float64)
     with torch.no_grad():
         m.gamma.fill_(0.5)
-    x, grad_y = _randn(2, channels, 4, 6), _randn(2, channels, 4, 6, seed=1)
+    x, grad_y = _randn(2, channels, 4, 6, device=device), _randn(2, channels, 4, 6, seed=1, device=device)
 
     m.train()  # a training step runs (spectral norm's power iteration included) and reaches every parameter
     y_train, grads_train = _y_and_grads(m, x, grad_y)
@@ -247,22 +250,22 @@ def test_options_match_composition(pool_kv, values, spectral_norm, bias, scale):
         torch.testing.assert_close(g, g_ref, **TOL64, msg=lambda msg, name=name: f"grad of {name}: {msg}")
 
 
-def test_official_variant_state_dict_round_trip():
+def test_official_variant_state_dict_round_trip(device):
     torch.manual_seed(0)
     kwargs = dict(value_channels=16, pool_kv=True, out_conv=True, spectral_norm=True, bias=False)
-    a = SelfAttention2d(32, 4, **kwargs).double()
+    a = SelfAttention2d(32, 4, **kwargs).to(device, torch.float64)
     with torch.no_grad():
         a.gamma.fill_(0.25)
     a.train()
-    a(_randn(1, 32, 4, 4))  # one power iteration, so the stored vectors are not the init ones
+    a(_randn(1, 32, 4, 4, device=device))  # one power iteration, so the stored vectors are not the init ones
     keys = set(a.state_dict())
     assert "f.parametrizations.weight.original" in keys and "o.parametrizations.weight.0._u" in keys
     assert not any(k.endswith(".bias") for k in keys)
     torch.manual_seed(1)
-    b = SelfAttention2d(32, 4, **kwargs).double()
+    b = SelfAttention2d(32, 4, **kwargs).to(device, torch.float64)
     b.load_state_dict(a.state_dict(), strict=True)
     a.eval(), b.eval()
-    x = _randn(2, 32, 6, 8)
+    x = _randn(2, 32, 6, 8, device=device)
     torch.testing.assert_close(b(x), a(x), **TOL64)
     text = repr(a)
     for item in ("in_channels=32", "attn_channels=4", "value_channels=16", "pool_kv=True", "out_conv=True",
@@ -282,18 +285,18 @@ def test_errors_in_construction():
         SelfAttention2d(0)
 
 
-def test_errors_in_forward():
-    m = SelfAttention2d(8, 2, pool_kv=True)
+def test_errors_in_forward(device):
+    m = SelfAttention2d(8, 2, pool_kv=True).to(device)
     with pytest.raises(ValueError, match="even"):
-        m(torch.randn(1, 8, 5, 6))
+        m(torch.randn(1, 8, 5, 6, device=device))
     with pytest.raises(ValueError, match="even"):
-        m(torch.randn(1, 8, 6, 7))
+        m(torch.randn(1, 8, 6, 7, device=device))
     with pytest.raises(ValueError, match="even"):
-        m.attention_rows(torch.randn(1, 8, 5, 6), [(0, 0)])
+        m.attention_rows(torch.randn(1, 8, 5, 6, device=device), [(0, 0)])
     with pytest.raises(ValueError, match=r"C = in_channels = 8"):
-        m(torch.randn(1, 4, 6, 6))
+        m(torch.randn(1, 4, 6, 6, device=device))
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
-        m(torch.randn(8, 6, 6))
+        m(torch.randn(8, 6, 6, device=device))
 
 
 @pytest.mark.parametrize(
@@ -312,10 +315,10 @@ def test_errors_in_forward():
         (7, ValueError, r"\(row, col\)"),
     ],
 )
-def test_bad_query_positions(positions, error, match):
-    m = SelfAttention2d(8, 2)
+def test_bad_query_positions(positions, error, match, device):
+    m = SelfAttention2d(8, 2).to(device)
     with pytest.raises(error, match=match):
-        m.attention_rows(torch.randn(1, 8, 4, 6), positions)
+        m.attention_rows(torch.randn(1, 8, 4, 6, device=device), positions)
 
 
 # -- torch.compile ----------------------------------------------------------------------------------------
@@ -329,15 +332,15 @@ OFFICIAL = dict(value_channels=4, pool_kv=True, out_conv=True, spectral_norm=Tru
     [({}, False), (OFFICIAL, False), (OFFICIAL, True)],
     ids=["notebook", "official-eval", "official-train"],
 )
-def test_torch_compile_fullgraph(kwargs, train):
+def test_torch_compile_fullgraph(kwargs, train, device):
     torch._dynamo.reset()
     torch.manual_seed(0)
-    m = SelfAttention2d(8, 2, **kwargs).double().train(train)
+    m = SelfAttention2d(8, 2, **kwargs).to(device, torch.float64).train(train)
     with torch.no_grad():
         m.gamma.fill_(0.5)
     eager = copy.deepcopy(m)  # in training mode each forward updates spectral norm's vectors: one copy each
     compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
-    x, grad_y = _randn(2, 8, 4, 6), _randn(2, 8, 4, 6, seed=1)
+    x, grad_y = _randn(2, 8, 4, 6, device=device), _randn(2, 8, 4, 6, seed=1, device=device)
     for _ in range(2):
         y, grads = _y_and_grads_of(compiled, list(m.parameters()), x, grad_y)
         y_eager, grads_eager = _y_and_grads_of(eager, list(eager.parameters()), x, grad_y)

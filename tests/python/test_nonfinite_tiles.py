@@ -1,10 +1,11 @@
-"""-inf and overflowing logits placed at key-tile boundaries, against the float64 reference.
+"""-inf and overflowing logits placed at key-tile boundaries, against the float64 reference, on every
+available device.
 
 The online softmax keeps a running row maximum that starts at -inf; a key tile whose logits are all
 -inf must then contribute weight 0, never exp(-inf - -inf) = NaN. These tests mask keys (logit -inf)
 in the first tile only, just past it, in several leading tiles, in the last (ragged) tile, and in every
-tile, for each dtype, forward and all five gradients, and rerun themselves under the baseline
-(non-AVX2) CPU build. The CPU score tile is 64 queries x 128 keys; the CUDA kernels use 64 x 64, so the
+tile, for each dtype, forward and all five gradients, and rerun themselves (the CPU cases) under the
+baseline (non-AVX2) CPU build. The CPU score tile is 64 queries x 128 keys; the CUDA kernels use 64 x 64, so the
 patterns cross both sets of boundaries.
 
 Two ways to get the -inf logits:
@@ -29,9 +30,12 @@ import sys
 import pytest
 import torch
 
-from conftest import (
-    INPUT_NAMES,
+from op_testing import (
+    DTYPE_IDS,
+    DTYPES,
     OP,
+    RESULT_NAMES,
+    RTOL,
     Inputs,
     assert_same_nonfinite,
     assert_style_rule,
@@ -42,16 +46,13 @@ from conftest import (
 from sagan_attn import reference
 
 B, CQK, CV, NQ, NK = 2, 3, 9, 70, 300  # CPU key tiles [0,128) [128,256) [256,300); query tiles 64 + 6
-RTOL = {torch.float64: 1e-10, torch.float32: 2e-5}
-DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
-DTYPE_IDS = ["f64", "f32", "bf16", "f16"]
-RESULT_NAMES = ("y",) + tuple(f"grad_{n}" for n in INPUT_NAMES)
 
-# Masked key ranges, by the tile boundaries they test.
+# Masked key ranges, by the tile boundaries they test. (No id contains "cuda": `-k cuda` / `-k "not
+# cuda"` select the devices.)
 PATTERNS = {
     "first_tile": [(0, 128)],
     "first_tile_and_one": [(0, 129)],
-    "first_cuda_tile": [(0, 64)],
+    "first_64_keys": [(0, 64)],  # the CUDA kernels' first key tile
     "leading_tiles": [(0, 256)],
     "last_tile": [(256, NK)],
     "first_and_last": [(0, 128), (256, NK)],
@@ -67,9 +68,10 @@ def masked_keys(pattern):
     return mask
 
 
-def build_inputs(kind, pattern, dtype):
-    """Random inputs (drawn in float64, rounded to dtype) with channel 0 of f and g turned into a mask.
-    Returns the inputs and the boolean mask of rows whose masked keys get -inf in the kernel."""
+def build_inputs(kind, pattern, dtype, device="cpu"):
+    """Random inputs (drawn in float64, rounded to dtype, moved to device) with channel 0 of f and g
+    turned into a mask. Returns the inputs and the boolean mask of rows whose masked keys get -inf in
+    the kernel (on the CPU)."""
     inputs = make_inputs(B, CQK, CV, NQ, NK, torch.float64, magnitude=0.7, seed=5)
     f, g = inputs.f.clone(), inputs.g.clone()
     keys = masked_keys(pattern)
@@ -85,7 +87,7 @@ def build_inputs(kind, pattern, dtype):
         f[:, 0, :] = torch.where(rows, 1e20, 0.0)
         g[:, 0, :] = torch.where(keys, -1e20, 0.0)
     out = Inputs(f, g, inputs.h, inputs.x, inputs.gamma)
-    return Inputs(*(t.to(dtype) for t in out)), rows
+    return Inputs(*(t.to(dtype).to(device) for t in out)), rows
 
 
 def groups(name, t):
@@ -95,9 +97,10 @@ def groups(name, t):
     return {name: t}
 
 
-def check_masked(kind, pattern, dtype):
-    inputs, rows = build_inputs(kind, pattern, dtype)
-    grad_y = random_grad((B, CV, NQ), dtype)
+def check_masked(kind, pattern, dtype, device):
+    inputs, rows = build_inputs(kind, pattern, dtype, device)
+    rows = rows.to(device)
+    grad_y = random_grad((B, CV, NQ), dtype, device=device)
     got = run_with_grads(OP, inputs, 1.0, grad_y)
     oracle = run_with_grads(reference.self_attn, inputs, 1.0, grad_y, dtype=torch.float64)
     low = run_with_grads(reference.self_attn, inputs, 1.0, grad_y)  # the reference in dtype
@@ -116,7 +119,8 @@ def check_masked(kind, pattern, dtype):
 
     # grad_gamma = sum_{b,c,i} dy o is a sum of B Cv Nq terms that can cancel: its yardstick is the
     # sum of their magnitudes (the sum's condition), not its own value.
-    o64 = reference.self_attn(*[t.double() for t in inputs[:3]], None, torch.tensor(1.0, dtype=torch.float64))
+    one = torch.tensor(1.0, dtype=torch.float64, device=device)
+    o64 = reference.self_attn(*[t.double() for t in inputs[:3]], None, one)
     gamma_yardstick = (grad_y.double().abs() * o64.abs()).nansum().item()
     for k, name in enumerate(RESULT_NAMES):
         a, e, lo = got[k], oracle[k], low[k]
@@ -146,18 +150,18 @@ def check_masked(kind, pattern, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("pattern", list(PATTERNS))
-def test_inf_logits_at_tile_boundaries(pattern, dtype):
-    check_masked("inf", pattern, dtype)
+def test_inf_logits_at_tile_boundaries(pattern, dtype, device):
+    check_masked("inf", pattern, dtype, device)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("pattern", list(PATTERNS))
-def test_overflowing_logits_at_tile_boundaries(pattern, dtype):
+def test_overflowing_logits_at_tile_boundaries(pattern, dtype, device):
     if dtype == torch.float16:
         pytest.skip("1e20 is not a float16 number; the inf variant covers float16")
     if dtype == torch.float64 and pattern == "every_tile":
         pytest.skip("no overflow in float64: the rows' logits are all -1e40, test_huge_tied_logits")
-    check_masked("overflow", pattern, dtype)
+    check_masked("overflow", pattern, dtype, device)
 
 
 @pytest.mark.xfail(strict=True, reason="known limit: the backward recomputes p = exp(s - lse) from one "
@@ -175,7 +179,7 @@ def test_huge_tied_logits_backward():
     torch.testing.assert_close(got[3], oracle[3], rtol=1e-8, atol=1e-8)  # grad_h: off by ~Nk
 
 
-def test_first_tile_inf_through_scale():
+def test_first_tile_inf_through_scale(device):
     """The issue's own example: finite inputs whose logits overflow to -inf in float32 only through a
     large scale, on the whole first key tile of every row: y and the gradients stay finite and equal
     to the float64 reference, where those logits are about -1e40 and weigh exactly 0."""
@@ -186,8 +190,8 @@ def test_first_tile_inf_through_scale():
     f[:, 1] = 1e-15 * torch.randn(NQ, generator=gen, dtype=torch.float64)
     g[:, 1] = 1e-15 * torch.randn(NK, generator=gen, dtype=torch.float64)  # logits 1e30 * 1e-30 = O(1)
     h = torch.randn(1, 4, NK, generator=gen, dtype=torch.float64)
-    inputs = Inputs(f.float(), g.float(), h.float(), None, torch.tensor(0.8))
-    grad_y = random_grad((1, 4, NQ), torch.float32)
+    inputs = Inputs(*(t.float().to(device) for t in (f, g, h)), None, torch.tensor(0.8, device=device))
+    grad_y = random_grad((1, 4, NQ), torch.float32, device=device)
     got = run_with_grads(OP, inputs, 1e30, grad_y)
     oracle = run_with_grads(reference.self_attn, inputs, 1e30, grad_y, dtype=torch.float64)
     for name, a, e in zip(RESULT_NAMES, got, oracle):
@@ -202,11 +206,11 @@ def test_first_tile_inf_through_scale():
 
 @pytest.mark.skipif(os.environ.get("SAGAN_ATTN_CPU_ISA") == "default", reason="already the baseline build")
 def test_baseline_isa_build_too():
-    """Runs this file's tests again with the baseline (non-AVX2) kernels, picked by SAGAN_ATTN_CPU_ISA."""
+    """Runs this file's CPU tests again with the baseline (non-AVX2) kernels, picked by SAGAN_ATTN_CPU_ISA."""
     env = dict(os.environ, SAGAN_ATTN_CPU_ISA="default")
     here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.abspath(__file__)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not cuda", os.path.abspath(__file__)],
         cwd=here, env=env, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]

@@ -1,18 +1,10 @@
-"""Numerics of torch.ops.sagan.self_attn: forward and the five gradients against the float64 oracle
-(sagan_attn.reference), gradcheck / gradgradcheck, strided inputs, extreme and non-finite inputs,
-determinism.
+"""Numerics of torch.ops.sagan.self_attn on every available device: forward and the five gradients
+against the float64 oracle (sagan_attn.reference), gradcheck / gradgradcheck, strided inputs, extreme
+and non-finite inputs, determinism.
 
-Tolerances (all "max abs error <= rtol * max |reference|" per tensor, see conftest.assert_rel_max_close):
-  float64:  1e-10. eps = 2.2e-16; the kernel's observed error is ~1e-15 relative on these shapes (sums
-            of <= 1025 terms, logits of std <= 5). 1e-10 leaves a 1e4 margin for accumulation-order
-            noise while anything structurally wrong (a missed or doubled key tile, a wrong row of the
-            softmax, a stale padded column) costs >= 1e-4.
-  float32:  2e-5 (~170 eps). Logit errors are ~Cqk * eps * |f||g| and enter the output through the
-            softmax as relative errors of p; gradients add one more cancellation (ds = p (dp - D)).
-            The same reference run in float32 shows up to ~1e-6 relative on these shapes, and so does
-            the kernel (worst seen ~2e-6, for dg with Cv = 512): 2e-5 is a 10x margin over that.
-  bf16/fp16: the style rule (conftest.assert_style_rule): at most 2x the error of the reference run in
-            that dtype, plus one eps(dtype) of the result's scale for the unavoidable output rounding.
+Tolerances: those of op_testing (its docstring says why), on every device: max abs error <= rtol * max
+|reference| per tensor with rtol 1e-10 in float64 and 2e-5 in float32; bf16/fp16 the style rule (at
+most 2x the error of the reference run in that dtype, plus one eps of the result's scale).
 """
 from __future__ import annotations
 
@@ -24,48 +16,26 @@ import torch
 import sagan_attn
 from sagan_attn import reference
 
-from conftest import (
+from op_testing import (
+    DTYPE_IDS,
+    DTYPES,
     INPUT_NAMES,
+    LOW_PRECISION,
     OP,
+    RESULT_NAMES,
+    RTOL,
     Inputs,
+    assert_identical,
     assert_rel_max_close,
     assert_same_nonfinite,
     assert_style_rule,
+    check_against_oracle,
+    deterministic,
     leaves,
-    max_abs,
     make_inputs,
     random_grad,
     run_with_grads,
 )
-
-RTOL = {torch.float64: 1e-10, torch.float32: 2e-5}
-LOW_PRECISION = (torch.bfloat16, torch.float16)
-DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
-DTYPE_IDS = ["f64", "f32", "bf16", "f16"]
-RESULT_NAMES = ("y",) + tuple(f"grad_{n}" for n in INPUT_NAMES)
-
-
-def check_against_oracle(inputs, scale, dtype, grad_y=None, what=""):
-    """Runs the op and the reference (float64 oracle; plus the reference in ``dtype`` for bf16/fp16)
-    on the same inputs, and compares y and all five gradients with the dtype's criterion."""
-    if grad_y is None:
-        B, Cv, Nq = inputs.h.shape[0], inputs.h.shape[1], inputs.f.shape[2]
-        grad_y = random_grad((B, Cv, Nq), dtype)
-    got = run_with_grads(OP, inputs, scale, grad_y)
-    oracle = run_with_grads(reference.self_attn, inputs, scale, grad_y, dtype=torch.float64)
-    low = run_with_grads(reference.self_attn, inputs, scale, grad_y) if dtype in LOW_PRECISION else None
-    for k, name in enumerate(RESULT_NAMES):
-        a, e = got[k], oracle[k]
-        if e is None:  # no residual: no grad_x on either side
-            assert a is None, f"{what}{name}: op returned a gradient for an absent x"
-            continue
-        assert a.dtype == dtype, f"{what}{name}: dtype {a.dtype}, expected {dtype}"
-        assert a.shape == e.shape, f"{what}{name}: shape {tuple(a.shape)} != {tuple(e.shape)}"
-        if dtype in LOW_PRECISION:
-            assert_style_rule(a, low[k], e, dtype, what=f"{what}{name}")
-        else:
-            assert_rel_max_close(a, e, RTOL[dtype], what=f"{what}{name}")
-    return got, oracle
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,8 +62,9 @@ SHAPE_CASES = [
 @pytest.mark.parametrize(
     "B,Cqk,Cv,Nq,Nk,with_x,gamma_shape,scale", [c[1:] for c in SHAPE_CASES], ids=[c[0] for c in SHAPE_CASES]
 )
-def test_forward_and_grads_match_reference(B, Cqk, Cv, Nq, Nk, with_x, gamma_shape, scale, dtype):
-    inputs = make_inputs(B, Cqk, Cv, Nq, Nk, dtype, with_x=with_x, gamma_shape=gamma_shape, seed=B * 1000 + Nq)
+def test_forward_and_grads_match_reference(B, Cqk, Cv, Nq, Nk, with_x, gamma_shape, scale, dtype, device):
+    inputs = make_inputs(B, Cqk, Cv, Nq, Nk, dtype, with_x=with_x, gamma_shape=gamma_shape, seed=B * 1000 + Nq,
+                         device=device)
     got, _ = check_against_oracle(inputs, scale, dtype)
     assert got[5].shape == inputs.gamma.shape  # grad of gamma keeps gamma's shape, () or (1,)
 
@@ -103,8 +74,8 @@ SCALES = [0.0, 0.125, 1.0, 3.0, -1.0]
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
 @pytest.mark.parametrize("scale", SCALES, ids=[f"scale{s:g}" for s in SCALES])
-def test_scale_values(scale, dtype):
-    inputs = make_inputs(2, 8, 16, 150, 140, dtype, seed=7)
+def test_scale_values(scale, dtype, device):
+    inputs = make_inputs(2, 8, 16, 150, 140, dtype, seed=7, device=device)
     got, oracle = check_against_oracle(inputs, scale, dtype)
     if scale == 0.0:
         # Uniform attention: the logits, hence f and g, have no influence at all.
@@ -114,10 +85,11 @@ def test_scale_values(scale, dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("gamma_shape", [(), (1,)], ids=["gamma_shape()", "gamma_shape(1,)"])
 @pytest.mark.parametrize("with_x", [True, False], ids=["x", "nox"])
-def test_gamma_zero(with_x, gamma_shape, dtype):
+def test_gamma_zero(with_x, gamma_shape, dtype, device):
     """SAGAN starts from gamma = 0: y is exactly x (or 0), f, g, h get exactly zero gradient, and
     gamma still gets the right, nonzero gradient sum(dy * o)."""
-    inputs = make_inputs(2, 8, 16, 97, 150, dtype, with_x=with_x, gamma=0.0, gamma_shape=gamma_shape, seed=3)
+    inputs = make_inputs(2, 8, 16, 97, 150, dtype, with_x=with_x, gamma=0.0, gamma_shape=gamma_shape, seed=3,
+                         device=device)
     got, oracle = check_against_oracle(inputs, 1.0, dtype)
     y, gf, gg, gh, gx, ggamma = got
     if with_x:
@@ -130,9 +102,9 @@ def test_gamma_zero(with_x, gamma_shape, dtype):
     assert abs(oracle[5].item()) > 1.0  # the check above is not vacuous: dgamma is far from 0
 
 
-def test_functional_wrapper_matches_op():
-    inputs = make_inputs(2, 8, 16, 97, 50, torch.float32, seed=11)
-    want = OP(inputs.f, inputs.g, inputs.h, inputs.x, torch.tensor(0.7), 1.0)
+def test_functional_wrapper_matches_op(device):
+    inputs = make_inputs(2, 8, 16, 97, 50, torch.float32, seed=11, device=device)
+    want = OP(inputs.f, inputs.g, inputs.h, inputs.x, torch.tensor(0.7, device=device), 1.0)
     got = sagan_attn.self_attn(inputs.f, inputs.g, inputs.h, inputs.x, gamma=0.7)  # float gamma, default scale
     assert torch.equal(got, want)
     got_s = sagan_attn.self_attn(inputs.f, inputs.g, inputs.h, gamma=inputs.gamma, scale=0.5)
@@ -140,19 +112,29 @@ def test_functional_wrapper_matches_op():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
-def test_internal_fwd_outputs(dtype):
+def test_internal_fwd_outputs(dtype, device):
     """self_attn_fwd's o (attention output before gamma) and lse (row log-sum-exp of the scaled logits,
     float64 for every input dtype), which the fused backward relies on."""
-    inputs = make_inputs(2, 10, 24, 201, 259, dtype, seed=5)
+    inputs = make_inputs(2, 10, 24, 201, 259, dtype, seed=5, device=device)
     scale = 0.4
     y, o, lse = torch.ops.sagan.self_attn_fwd(*inputs, scale)
     assert y.dtype == dtype and o.dtype == dtype and lse.dtype == torch.float64
     assert lse.shape == (2, 201) and o.shape == (2, 24, 201)
     f64 = [t.double() for t in inputs]
     s = torch.bmm(f64[0].transpose(1, 2), f64[1]) * scale
-    o_ref = reference.self_attn(f64[0], f64[1], f64[2], None, torch.tensor(1.0, dtype=torch.float64), scale)
+    one64 = torch.tensor(1.0, dtype=torch.float64, device=device)
+    o_ref = reference.self_attn(f64[0], f64[1], f64[2], None, one64, scale)
     y_ref = reference.self_attn(*f64, scale)
     lse_ref = torch.logsumexp(s, -1)
+    if dtype in LOW_PRECISION and device != "cpu":
+        # The CUDA tensor-core kernels also round the probabilities to bf16 before the value product
+        # (the CPU computes in float32 and rounds once): o and y get the style rule against the
+        # reference run in bf16; lse as on the CPU.
+        one = torch.ones((), dtype=dtype, device=device)
+        assert_style_rule(o, reference.self_attn(inputs.f, inputs.g, inputs.h, None, one, scale), o_ref, dtype, "o")
+        assert_style_rule(y, reference.self_attn(*inputs, scale), y_ref, dtype, "y")
+        assert_rel_max_close(lse, lse_ref, 2e-5, "lse")
+        return
     if dtype == torch.bfloat16:
         # o and y are rounded to bf16 once (half an ulp, eps/2 relative); lse is float64 but comes
         # from float32 scores and sums: 2e-5 is ~100 float32 ulp, as for float32 inputs below.
@@ -166,6 +148,14 @@ def test_internal_fwd_outputs(dtype):
 
 # --------------------------------------------------------------------------------------------------
 # gradcheck / gradgradcheck in float64 (finite differences against the op's analytic gradients).
+# gradcheck also runs the backward twice and wants the same result: bitwise on the CPU; on CUDA the
+# backward sums grad_f with float64 atomics (outside deterministic mode), whose order changes the last
+# bits of O(1) entries, so 1e-12 there: ~1e4 eps, and 1e7 below gradcheck's own atol of 1e-5.
+
+
+def nondet_tol(device):
+    return 0.0 if device == "cpu" else 1e-12
+
 
 GC_CASES = [
     ("x_gamma()", True, ()),
@@ -174,36 +164,40 @@ GC_CASES = [
 
 
 @pytest.mark.parametrize("with_x,gamma_shape", [c[1:] for c in GC_CASES], ids=[c[0] for c in GC_CASES])
-def test_gradcheck_small(with_x, gamma_shape):
-    inputs = make_inputs(2, 3, 4, 5, 7, torch.float64, with_x=with_x, gamma_shape=gamma_shape, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: OP(*a, 0.7), tuple(inputs))
+def test_gradcheck_small(with_x, gamma_shape, device):
+    inputs = make_inputs(2, 3, 4, 5, 7, torch.float64, with_x=with_x, gamma_shape=gamma_shape, requires_grad=True,
+                         device=device)
+    assert torch.autograd.gradcheck(lambda *a: OP(*a, 0.7), tuple(inputs), nondet_tol=nondet_tol(device))
 
 
 @pytest.mark.parametrize("with_x", [True, False], ids=["x", "nox"])
-def test_gradcheck_across_tiles_fast_mode(with_x):
+def test_gradcheck_across_tiles_fast_mode(with_x, device):
     # Nq = 70 > 64 and Nk = 130 > 128: two ragged query tiles and two key tiles (one of 2 keys).
     # fast_mode projects the Jacobian on random vectors, so this stays cheap at ~2800 inputs.
-    inputs = make_inputs(2, 3, 4, 70, 130, torch.float64, with_x=with_x, requires_grad=True, seed=2)
-    assert torch.autograd.gradcheck(lambda *a: OP(*a, 0.9), tuple(inputs), fast_mode=True)
+    inputs = make_inputs(2, 3, 4, 70, 130, torch.float64, with_x=with_x, requires_grad=True, seed=2, device=device)
+    assert torch.autograd.gradcheck(lambda *a: OP(*a, 0.9), tuple(inputs), fast_mode=True,
+                                    nondet_tol=nondet_tol(device))
 
 
 @pytest.mark.parametrize("with_x,gamma_shape", [c[1:] for c in GC_CASES], ids=[c[0] for c in GC_CASES])
-def test_gradgradcheck_small(with_x, gamma_shape):
-    inputs = make_inputs(2, 3, 4, 5, 6, torch.float64, with_x=with_x, gamma_shape=gamma_shape, requires_grad=True)
-    assert torch.autograd.gradgradcheck(lambda *a: OP(*a, 0.7), tuple(inputs))
+def test_gradgradcheck_small(with_x, gamma_shape, device):
+    inputs = make_inputs(2, 3, 4, 5, 6, torch.float64, with_x=with_x, gamma_shape=gamma_shape, requires_grad=True,
+                         device=device)
+    assert torch.autograd.gradgradcheck(lambda *a: OP(*a, 0.7), tuple(inputs), nondet_tol=nondet_tol(device))
 
 
 # --------------------------------------------------------------------------------------------------
 # Strided inputs give exactly the contiguous result: the glue only copies when the N stride is not 1
 # and otherwise passes strides through, and the arithmetic order does not depend on the layout, so
-# equality is bitwise (any difference means a stride was misread).
+# equality is bitwise (any difference means a stride was misread). On CUDA that needs the deterministic
+# backward (op_testing.deterministic): the default one sums grad_f with atomics.
 
 
 def _grads_and_y(inputs, scale=1.0, grad_y=None, seed=99):
     ins = leaves(inputs)
     y = OP(*ins, scale)
     if grad_y is None:
-        grad_y = random_grad(y.shape, y.dtype, seed=seed)
+        grad_y = random_grad(y.shape, y.dtype, seed=seed, device=y.device)
     y.backward(grad_y)
     return [y.detach()] + [t.grad if t is not None else None for t in ins]
 
@@ -212,98 +206,104 @@ def _grads_of_views(tensors, scale=1.0, seed=99):
     """Like _grads_and_y, but passes the tensors to the op as they are: views of a leaf keep their
     strides (leaves() would clone them into contiguous tensors)."""
     y = OP(*tensors, scale)
-    grad_y = random_grad(y.shape, y.dtype, seed=seed)
+    grad_y = random_grad(y.shape, y.dtype, seed=seed, device=y.device)
     present = [t for t in tensors if t is not None]
     grads = iter(torch.autograd.grad(y, present, grad_y))
     return [y.detach()] + [next(grads) if t is not None else None for t in tensors]
 
 
-def _assert_all_equal(a, b, what):
-    for name, u, v in zip(RESULT_NAMES, a, b):
-        if u is None or v is None:
-            assert u is None and v is None, f"{what}: {name} present on one side only"
-            continue
-        assert torch.equal(u, v), f"{what}: {name} differs (max abs diff {(u.double() - v.double()).abs().max():.3e})"
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
-def test_channel_slices_of_one_projection(dtype):
+def test_channel_slices_of_one_projection(dtype, device):
     """f, g, h as channel slices of one fused 1x1-conv output (B, 2*Cqk + Cv, N): N-contiguous, with
     channel and batch strides that differ from the contiguous ones."""
     B, Cqk, Cv, N = 2, 8, 24, 150
     gen = torch.Generator().manual_seed(4)
-    fused = torch.randn(B, 2 * Cqk + Cv, N, generator=gen, dtype=torch.float64).to(dtype).requires_grad_(True)
+    fused = torch.randn(B, 2 * Cqk + Cv, N, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    fused.requires_grad_(True)
     f, g, h = fused[:, :Cqk], fused[:, Cqk : 2 * Cqk], fused[:, 2 * Cqk :]
-    x = torch.randn(B, Cv, N, generator=gen, dtype=torch.float64).to(dtype).requires_grad_(True)
-    gamma = torch.tensor(0.6, dtype=dtype, requires_grad=True)
+    x = torch.randn(B, Cv, N, generator=gen, dtype=torch.float64).to(dtype).to(device).requires_grad_(True)
+    gamma = torch.tensor(0.6, dtype=dtype, device=device, requires_grad=True)
     assert not f.is_contiguous() and f.stride(2) == 1 and f.stride(0) == (2 * Cqk + Cv) * N
-    strided = _grads_of_views((f, g, h, x, gamma))
-    contiguous = _grads_and_y(tuple(t.detach().contiguous() for t in (f, g, h, x, gamma)))
-    _assert_all_equal(strided, contiguous, "channel slices")
+    with deterministic(device):
+        strided = _grads_of_views((f, g, h, x, gamma))
+        contiguous = _grads_and_y(tuple(t.detach().contiguous() for t in (f, g, h, x, gamma)))
+    assert_identical(strided, contiguous, "channel slices")
     check_against_oracle(Inputs(f, g, h, x, gamma), 1.0, dtype, what="channel slices: ")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-def test_transposed_memory_inputs(dtype):
+def test_transposed_memory_inputs(dtype, device):
     """Tensors stored (B, N, C) and viewed as (B, C, N): last-dim stride != 1 for f, g, h, x."""
     B, Cqk, Cv, Nq, Nk = 2, 6, 10, 97, 131
     gen = torch.Generator().manual_seed(8)
 
     def t(C, N):
-        return torch.randn(B, N, C, generator=gen, dtype=torch.float64).to(dtype).transpose(1, 2)
+        return torch.randn(B, N, C, generator=gen, dtype=torch.float64).to(dtype).to(device).transpose(1, 2)
 
     f, g, h, x = t(Cqk, Nq), t(Cqk, Nk), t(Cv, Nk), t(Cv, Nq)
-    gamma = torch.tensor([1.3], dtype=dtype)
+    gamma = torch.tensor([1.3], dtype=dtype, device=device)
     assert f.stride(2) != 1 and h.stride(2) != 1 and x.stride(2) != 1
-    strided = _grads_and_y((f, g, h, x, gamma), scale=0.5)
-    contiguous = _grads_and_y((f.contiguous(), g.contiguous(), h.contiguous(), x.contiguous(), gamma), scale=0.5)
-    _assert_all_equal(strided, contiguous, "transposed memory")
+    with deterministic(device):
+        strided = _grads_and_y((f, g, h, x, gamma), scale=0.5)
+        contiguous = _grads_and_y((f.contiguous(), g.contiguous(), h.contiguous(), x.contiguous(), gamma), scale=0.5)
+    assert_identical(strided, contiguous, "transposed memory")
 
 
-def test_batch_and_channel_broadcast_inputs():
+def test_batch_and_channel_broadcast_inputs(device):
     """Expanded inputs (stride 0): keys/values shared over the batch, f broadcast over channels."""
     B, Cqk, Cv, Nq, Nk = 3, 5, 9, 80, 140
     gen = torch.Generator().manual_seed(9)
-    f = torch.randn(B, 1, Nq, generator=gen).requires_grad_(True).expand(B, Cqk, Nq)
-    g = torch.randn(1, Cqk, Nk, generator=gen).requires_grad_(True).expand(B, Cqk, Nk)
-    h = torch.randn(1, Cv, Nk, generator=gen).requires_grad_(True).expand(B, Cv, Nk)
-    x = torch.randn(B, Cv, Nq, generator=gen).requires_grad_(True)
-    gamma = torch.tensor(0.8, requires_grad=True)
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=gen).to(device).requires_grad_(True)
+
+    f = leaf(B, 1, Nq).expand(B, Cqk, Nq)
+    g = leaf(1, Cqk, Nk).expand(B, Cqk, Nk)
+    h = leaf(1, Cv, Nk).expand(B, Cv, Nk)
+    x = leaf(B, Cv, Nq)
+    gamma = torch.tensor(0.8, device=device, requires_grad=True)
     assert g.stride(0) == 0 and f.stride(1) == 0
-    strided = _grads_of_views((f, g, h, x, gamma))
-    contiguous = _grads_and_y(tuple(t.detach().contiguous() for t in (f, g, h, x, gamma)))
-    _assert_all_equal(strided, contiguous, "expanded inputs")
+    with deterministic(device):
+        strided = _grads_of_views((f, g, h, x, gamma))
+        contiguous = _grads_and_y(tuple(t.detach().contiguous() for t in (f, g, h, x, gamma)))
+    assert_identical(strided, contiguous, "expanded inputs")
 
 
-def test_size_one_n_with_odd_stride():
+def test_size_one_n_with_odd_stride(device):
     """Nq = 1 and Nk = 1 taken with a step: the N stride is 2, which is irrelevant for one element."""
     gen = torch.Generator().manual_seed(10)
-    f = torch.randn(2, 4, 2, generator=gen, dtype=torch.float64)[:, :, ::2]
-    g = torch.randn(2, 4, 2, generator=gen, dtype=torch.float64)[:, :, 1::2]
-    h = torch.randn(2, 3, 2, generator=gen, dtype=torch.float64)[:, :, ::2]
-    x = torch.randn(2, 3, 2, generator=gen, dtype=torch.float64)[:, :, ::2]
-    gamma = torch.tensor(0.5, dtype=torch.float64)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device)
+
+    f = rnd(2, 4, 2)[:, :, ::2]
+    g = rnd(2, 4, 2)[:, :, 1::2]
+    h = rnd(2, 3, 2)[:, :, ::2]
+    x = rnd(2, 3, 2)[:, :, ::2]
+    gamma = torch.tensor(0.5, dtype=torch.float64, device=device)
     assert f.stride(2) == 2 and f.shape[2] == 1
-    strided = _grads_and_y((f, g, h, x, gamma))
-    contiguous = _grads_and_y((f.contiguous(), g.contiguous(), h.contiguous(), x.contiguous(), gamma))
-    _assert_all_equal(strided, contiguous, "size-1 N")
+    with deterministic(device):
+        strided = _grads_and_y((f, g, h, x, gamma))
+        contiguous = _grads_and_y((f.contiguous(), g.contiguous(), h.contiguous(), x.contiguous(), gamma))
+    assert_identical(strided, contiguous, "size-1 N")
 
 
 @pytest.mark.parametrize("with_x", [True, False], ids=["x", "nox"])
-def test_expanded_grad_output_from_sum(with_x):
+def test_expanded_grad_output_from_sum(with_x, device):
     """y.sum().backward() hands the backward an expanded (all-stride-0) grad_y."""
-    inputs = make_inputs(2, 8, 16, 97, 130, torch.float32, with_x=with_x, seed=12)
+    inputs = make_inputs(2, 8, 16, 97, 130, torch.float32, with_x=with_x, seed=12, device=device)
     a = leaves(inputs)
-    OP(*a, 1.0).sum().backward()
     b = leaves(inputs)
-    yb = OP(*b, 1.0)
-    yb.backward(torch.ones_like(yb))
+    with deterministic(device):
+        OP(*a, 1.0).sum().backward()
+        yb = OP(*b, 1.0)
+        yb.backward(torch.ones_like(yb))
     for name, u, v in zip(INPUT_NAMES, a, b):
         if u is None:
             continue
         assert torch.equal(u.grad, v.grad), f"grad_{name} differs between expanded and materialised grad_y"
     # ... and it is the right gradient.
-    ones = torch.ones(2, 16, 97, dtype=torch.float32)
+    ones = torch.ones(2, 16, 97, dtype=torch.float32, device=device)
     oracle = run_with_grads(reference.self_attn, inputs, 1.0, ones, dtype=torch.float64)
     for k, t in enumerate(a):
         if t is not None:
@@ -315,7 +315,7 @@ def test_expanded_grad_output_from_sum(with_x):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_large_logits(dtype):
+def test_large_logits(dtype, device):
     """f and g scaled x100 and scale = 1: logits of order 1e5, far beyond exp's range; the online
     softmax must subtract its running maximum and stay finite.
 
@@ -333,8 +333,8 @@ def test_large_logits(dtype):
         equal terms (p_j (dp_j - sum_k p_k dp_k) with p one-hot up to ~1e-10): relative condition
         number ~|logit| ~ 1e5, so even two float64 evaluations in different orders disagree by up to
         ~1e-4 relative and no oracle here can grade them."""
-    inputs = make_inputs(2, 8, 16, 200, 150, dtype, magnitude=100.0, seed=1)
-    grad_y = random_grad((2, 16, 200), dtype)
+    inputs = make_inputs(2, 8, 16, 200, 150, dtype, magnitude=100.0, seed=1, device=device)
+    grad_y = random_grad((2, 16, 200), dtype, device=device)
     got = run_with_grads(OP, inputs, 1.0, grad_y)
     oracle = run_with_grads(reference.self_attn, inputs, 1.0, grad_y, dtype=torch.float64)
     low = run_with_grads(reference.self_attn, inputs, 1.0, grad_y)
@@ -368,16 +368,16 @@ NONFINITE_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name,index,value", [c[1:] for c in NONFINITE_CASES], ids=[c[0] for c in NONFINITE_CASES])
-def test_nonfinite_inputs_propagate_like_reference(name, index, value, dtype):
+def test_nonfinite_inputs_propagate_like_reference(name, index, value, dtype, device):
     """A NaN/inf in one input: same NaN/+inf/-inf masks as the float64 reference in y and in all five
     gradients, and the finite entries agree. Inputs are kept small (logits |s| < ~10) so no
     probability underflows to 0, where 0 * inf would be an arithmetic accident, not a semantic one."""
     B, Cqk, Cv, Nq, Nk = 2, 4, 6, 70, 140  # two query tiles, two key tiles
-    inputs = make_inputs(B, Cqk, Cv, Nq, Nk, dtype, magnitude=0.5, seed=21)
+    inputs = make_inputs(B, Cqk, Cv, Nq, Nk, dtype, magnitude=0.5, seed=21, device=device)
     tensors = dict(zip(INPUT_NAMES, [t.clone() for t in inputs]))
     tensors[name][index] = value
     inputs = Inputs(*(tensors[n] for n in INPUT_NAMES))
-    grad_y = random_grad((B, Cv, Nq), dtype)
+    grad_y = random_grad((B, Cv, Nq), dtype, device=device)
     got = run_with_grads(OP, inputs, 1.0, grad_y)
     oracle = run_with_grads(reference.self_attn, inputs, 1.0, grad_y, dtype=torch.float64)
     assert not torch.isfinite(got[0]).all(), "the non-finite input did not reach y"
@@ -397,18 +397,21 @@ def test_nonfinite_inputs_propagate_like_reference(name, index, value, dtype):
 
 
 # --------------------------------------------------------------------------------------------------
-# Determinism: no atomics, work split independent of the thread count.
+# Determinism. CPU: no atomics, work split independent of the thread count, in any mode. CUDA: under
+# torch.use_deterministic_algorithms(True) only (op_testing.deterministic); the thread count is the
+# CPU's and changes nothing there.
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
-def test_deterministic_across_calls_and_threads(dtype, restore_threads):
+def test_deterministic_across_calls_and_threads(dtype, device, restore_threads):
     # B = 2, Nq = 300 (5 query tiles), Nk = 700 (6 key tiles, several backward key groups).
-    inputs = make_inputs(2, 8, 32, 300, 700, dtype, seed=31)
-    grad_y = random_grad((2, 32, 300), dtype)
-    torch.set_num_threads(2)
-    first = run_with_grads(OP, inputs, 0.7, grad_y)
-    second = run_with_grads(OP, inputs, 0.7, grad_y)
-    torch.set_num_threads(1)
-    single = run_with_grads(OP, inputs, 0.7, grad_y)
-    _assert_all_equal(first, second, "two calls")
-    _assert_all_equal(first, single, "1 vs 2 threads")
+    inputs = make_inputs(2, 8, 32, 300, 700, dtype, seed=31, device=device)
+    grad_y = random_grad((2, 32, 300), dtype, device=device)
+    with deterministic(device):
+        torch.set_num_threads(2)
+        first = run_with_grads(OP, inputs, 0.7, grad_y)
+        second = run_with_grads(OP, inputs, 0.7, grad_y)
+        torch.set_num_threads(1)
+        single = run_with_grads(OP, inputs, 0.7, grad_y)
+    assert_identical(first, second, "two calls")
+    assert_identical(first, single, "1 vs 2 threads")

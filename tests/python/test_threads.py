@@ -17,17 +17,7 @@ import threading
 import pytest
 import torch
 
-from conftest import INPUT_NAMES, OP, make_inputs, random_grad, run_with_grads
-
-RESULT_NAMES = ("y",) + tuple(f"grad_{n}" for n in INPUT_NAMES)
-
-
-def _assert_identical(a, b, what):
-    for name, u, v in zip(RESULT_NAMES, a, b):
-        if u is None or v is None:
-            assert u is None and v is None, f"{what}: {name} present on one side only"
-            continue
-        assert u.dtype == v.dtype and torch.equal(u, v), f"{what}: {name} differs"
+from op_testing import OP, assert_identical, make_inputs, random_grad, run_with_grads
 
 
 def _run_threads(jobs, repeat=3):
@@ -78,7 +68,7 @@ def test_concurrent_calls_match_serial():
     concurrent = _run_threads(jobs)
     for k, runs in enumerate(concurrent):
         for r, res in enumerate(runs):
-            _assert_identical(res, serial[k], f"thread {k} ({THREAD_CASES[k][5]}), run {r}")
+            assert_identical(res, serial[k], f"thread {k} ({THREAD_CASES[k][5]}), run {r}")
 
 
 def test_concurrent_calls_sharing_inputs():
@@ -88,7 +78,7 @@ def test_concurrent_calls_sharing_inputs():
     serial = job()
     for k, runs in enumerate(_run_threads([job] * 4)):
         for res in runs:
-            _assert_identical(res, serial, f"thread {k}")
+            assert_identical(res, serial, f"thread {k}")
 
 
 def test_concurrent_calls_with_thread_local_state():
@@ -116,7 +106,7 @@ def test_concurrent_calls_with_thread_local_state():
     assert want_autocast.dtype == torch.bfloat16
     got = _run_threads([plain, autocast, no_grad, inference])
     for res in got[0]:
-        _assert_identical(res, want_plain, "plain thread")
+        assert_identical(res, want_plain, "plain thread")
     for res in got[3]:
         assert res.is_inference() and torch.equal(res, want_no_grad), "inference_mode thread"
     for res in got[1]:
@@ -132,7 +122,7 @@ def test_bitwise_identical_across_thread_counts(case, restore_threads):
     want = job()
     for n in (2, 3, 4):
         torch.set_num_threads(n)
-        _assert_identical(job(), want, f"{n} threads vs 1")
+        assert_identical(job(), want, f"{n} threads vs 1")
 
 
 def test_many_batches_identical_across_thread_counts(restore_threads):
@@ -141,7 +131,7 @@ def test_many_batches_identical_across_thread_counts(restore_threads):
     torch.set_num_threads(1)
     want = job()
     torch.set_num_threads(3)
-    _assert_identical(job(), want, "3 threads vs 1")
+    assert_identical(job(), want, "3 threads vs 1")
 
 
 @pytest.fixture
@@ -159,7 +149,7 @@ def test_deterministic_mode_repeated_runs(dtype, deterministic_mode):
     job = _job((2, 8, 32, 300, 700, dtype, True), seed=150)
     first = job()
     for r in range(4):
-        _assert_identical(job(), first, f"deterministic mode, run {r + 1}")
+        assert_identical(job(), first, f"deterministic mode, run {r + 1}")
     if dtype == torch.float64:
         inputs = make_inputs(1, 3, 4, 20, 30, dtype, requires_grad=True, seed=151)
         y = OP(*inputs, 1.0)

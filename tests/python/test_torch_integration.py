@@ -1,7 +1,7 @@
-"""torch integration of sagan::self_attn: opcheck (schema, autograd registration, fake tensors,
-AOT dispatch), torch.compile (aot_eager and inductor) forward and backward against eager, the fused
-backward kernel in the compiled backward graph, and double backward (WGAN-GP gradient penalty)
-against the reference."""
+"""torch integration of sagan::self_attn on every available device: opcheck (schema, autograd
+registration, fake tensors, AOT dispatch), torch.compile (aot_eager and inductor) forward and backward
+against eager, the fused backward kernel in the compiled backward graph, and double backward (WGAN-GP
+gradient penalty) against the reference."""
 from __future__ import annotations
 
 import pytest
@@ -11,10 +11,11 @@ from torch._functorch.aot_autograd import aot_module_simplified
 
 from sagan_attn import reference
 
-from conftest import (
+from op_testing import (
     INPUT_NAMES,
     OP,
     assert_rel_max_close,
+    deterministic,
     leaves,
     make_inputs,
     random_grad,
@@ -36,22 +37,23 @@ OPCHECK_CASES = [
     [c[1:] for c in OPCHECK_CASES],
     ids=[c[0] for c in OPCHECK_CASES],
 )
-def test_opcheck_self_attn(dtype, with_x, requires_grad, gamma_shape, sizes, scale):
-    inputs = make_inputs(*sizes, dtype, with_x=with_x, gamma_shape=gamma_shape, requires_grad=requires_grad)
+def test_opcheck_self_attn(dtype, with_x, requires_grad, gamma_shape, sizes, scale, device):
+    inputs = make_inputs(*sizes, dtype, with_x=with_x, gamma_shape=gamma_shape, requires_grad=requires_grad,
+                         device=device)
     torch.library.opcheck(OP, (*inputs, scale))  # raises on any failing sub-test
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
 @pytest.mark.parametrize("with_x", [True, False], ids=["x", "nox"])
-def test_opcheck_self_attn_fwd(dtype, with_x):
-    inputs = make_inputs(2, 4, 6, 50, 30, dtype, with_x=with_x)
+def test_opcheck_self_attn_fwd(dtype, with_x, device):
+    inputs = make_inputs(2, 4, 6, 50, 30, dtype, with_x=with_x, device=device)
     torch.library.opcheck(torch.ops.sagan.self_attn_fwd, (*inputs, 0.8))
 
 
-def test_opcheck_self_attn_backward():
-    inputs = make_inputs(2, 4, 6, 50, 30, torch.float32, with_x=False)
+def test_opcheck_self_attn_backward(device):
+    inputs = make_inputs(2, 4, 6, 50, 30, torch.float32, with_x=False, device=device)
     _, o, lse = torch.ops.sagan.self_attn_fwd(*inputs, 0.8)
-    grad_y = random_grad(o.shape, torch.float32)
+    grad_y = random_grad(o.shape, torch.float32, device=device)
     torch.library.opcheck(
         torch.ops.sagan.self_attn_backward, (grad_y, inputs.f, inputs.g, inputs.h, o, lse, inputs.gamma, 0.8)
     )
@@ -60,8 +62,9 @@ def test_opcheck_self_attn_backward():
 # --------------------------------------------------------------------------------------------------
 # torch.compile. The model is a small SAGAN-like block (the op between other ops) so the graph has
 # something around the custom op. Compiled results are compared with eager ones bitwise where the
-# same kernels run (aot_eager) and with the float32 tolerance of test_op.py (2e-5 of the scale) under
-# inductor, which may fuse/reorder the surrounding elementwise ops.
+# same kernels run (aot_eager; on CUDA under deterministic algorithms, as the default backward sums
+# grad_f with atomics) and with the float32 tolerance of op_testing (2e-5 of the scale) under inductor,
+# which may fuse/reorder the surrounding elementwise ops.
 
 
 def block(f, g, h, x, gamma):
@@ -80,9 +83,9 @@ def _exact_or_close(a, b, backend, what):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_compile_forward_matches_eager(backend):
+def test_compile_forward_matches_eager(backend, device):
     torch._dynamo.reset()
-    inputs = make_inputs(2, 8, 16, 97, 130, torch.float32, seed=40)
+    inputs = make_inputs(2, 8, 16, 97, 130, torch.float32, seed=40, device=device)
     compiled = torch.compile(block, backend=backend, fullgraph=True)
     with torch.no_grad():
         _exact_or_close(compiled(*inputs), block(*inputs), backend, "y")
@@ -93,31 +96,33 @@ def test_compile_forward_matches_eager(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_compile_forward_backward_matches_eager(backend):
+def test_compile_forward_backward_matches_eager(backend, device):
     torch._dynamo.reset()
-    inputs = make_inputs(2, 8, 16, 97, 130, torch.float32, seed=41)
-    grad_y = random_grad((2, 16, 97), torch.float32)
+    inputs = make_inputs(2, 8, 16, 97, 130, torch.float32, seed=41, device=device)
+    grad_y = random_grad((2, 16, 97), torch.float32, device=device)
     compiled = torch.compile(block, backend=backend, fullgraph=True)
-    got = run_with_grads(lambda *a: compiled(*a[:5]), inputs, None, grad_y)
-    want = run_with_grads(lambda *a: block(*a[:5]), inputs, None, grad_y)
+    with deterministic(device):
+        got = run_with_grads(lambda *a: compiled(*a[:5]), inputs, None, grad_y)
+        want = run_with_grads(lambda *a: block(*a[:5]), inputs, None, grad_y)
     for name, a, b in zip(("y",) + INPUT_NAMES, got, want):
         _exact_or_close(a, b, backend, name)
 
 
-def test_compile_dynamic_shapes_aot_eager():
+def test_compile_dynamic_shapes_aot_eager(device):
     """The meta kernels use symbolic sizes: one dynamic-shape compilation serves several sizes."""
     torch._dynamo.reset()
     compiled = torch.compile(block, backend="aot_eager", fullgraph=True, dynamic=True)
     for sizes in [(2, 8, 16, 97, 130), (1, 8, 16, 65, 33), (3, 8, 16, 200, 50)]:
-        inputs = make_inputs(*sizes, torch.float32, seed=sizes[3])
-        grad_y = random_grad((sizes[0], sizes[2], sizes[3]), torch.float32)
-        got = run_with_grads(lambda *a: compiled(*a[:5]), inputs, None, grad_y)
-        want = run_with_grads(lambda *a: block(*a[:5]), inputs, None, grad_y)
+        inputs = make_inputs(*sizes, torch.float32, seed=sizes[3], device=device)
+        grad_y = random_grad((sizes[0], sizes[2], sizes[3]), torch.float32, device=device)
+        with deterministic(device):
+            got = run_with_grads(lambda *a: compiled(*a[:5]), inputs, None, grad_y)
+            want = run_with_grads(lambda *a: block(*a[:5]), inputs, None, grad_y)
         for name, a, b in zip(("y",) + INPUT_NAMES, got, want):
             assert torch.equal(a, b), f"{name} differs at sizes {sizes}"
 
 
-def test_compiled_backward_uses_fused_kernel():
+def test_compiled_backward_uses_fused_kernel(device):
     """AOTAutograd's forward graph must call sagan.self_attn_fwd and its backward graph the fused
     sagan.self_attn_backward, never the composite (materialising) backward: no softmax, no bmm."""
     torch._dynamo.reset()
@@ -131,7 +136,7 @@ def test_compiled_backward_uses_fused_kernel():
             return compiler
         return aot_module_simplified(gm, example_inputs, fw_compiler=capture("fw"), bw_compiler=capture("bw"))
 
-    inputs = make_inputs(2, 8, 16, 97, 130, torch.float32, seed=42, requires_grad=True)
+    inputs = make_inputs(2, 8, 16, 97, 130, torch.float32, seed=42, requires_grad=True, device=device)
     compiled = torch.compile(block, backend=backend, fullgraph=True)
     compiled(*inputs).sum().backward()
     assert all(t.grad is not None for t in inputs)
@@ -152,9 +157,11 @@ GP_CASES = [
 
 
 @pytest.mark.parametrize("with_x,gamma_shape,gamma,scale", [c[1:] for c in GP_CASES], ids=[c[0] for c in GP_CASES])
-def test_gradient_penalty_double_backward_matches_reference(with_x, gamma_shape, gamma, scale):
-    inputs = make_inputs(2, 4, 6, 70, 130, torch.float64, with_x=with_x, gamma=gamma, gamma_shape=gamma_shape, seed=50)
-    w = random_grad((2, 6, 70), torch.float64)  # a "critic" weighting of y, so the loss is not just a sum
+def test_gradient_penalty_double_backward_matches_reference(with_x, gamma_shape, gamma, scale, device):
+    inputs = make_inputs(2, 4, 6, 70, 130, torch.float64, with_x=with_x, gamma=gamma, gamma_shape=gamma_shape, seed=50,
+                         device=device)
+    # A "critic" weighting of y, so the loss is not just a sum.
+    w = random_grad((2, 6, 70), torch.float64, device=device)
 
     def penalty_grads(fn):
         ins = leaves(inputs)
@@ -181,11 +188,11 @@ def test_gradient_penalty_double_backward_matches_reference(with_x, gamma_shape,
         assert g_op[4].abs().item() > 0  # gamma still learns from the penalty at gamma = 0
 
 
-def test_create_graph_first_derivatives_match_fused():
+def test_create_graph_first_derivatives_match_fused(device):
     """With create_graph=True the op takes its composite backward; its first derivatives must equal
     the fused kernel's (up to float64 rounding)."""
-    inputs = make_inputs(2, 5, 7, 97, 130, torch.float64, seed=51)
-    grad_y = random_grad((2, 7, 97), torch.float64)
+    inputs = make_inputs(2, 5, 7, 97, 130, torch.float64, seed=51, device=device)
+    grad_y = random_grad((2, 7, 97), torch.float64, device=device)
     fused = run_with_grads(OP, inputs, 0.8, grad_y)
     ins = leaves(inputs)
     y = OP(*ins, 0.8)
