@@ -61,6 +61,7 @@ from sagan_attn.models import (
     ema_update,
     generator_loss,
     gradient_penalty,
+    r1_penalty,
 )
 
 CHECKPOINT_FORMAT = "sagan_attn.train/1"
@@ -111,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--loss", choices=LOSSES, default="hinge")
     g.add_argument("--gp-weight", type=float, default=10.0, help="WGAN-GP penalty weight (lambda)")
+    g.add_argument("--r1", type=float, default=0.0, metavar="GAMMA",
+                   help="R1 penalty (gamma / 2) E||grad_x D(x_real)||^2 on real images, with any loss "
+                        "(0: off); its second derivatives run through the fused double backward")
+    g.add_argument("--r1-every", type=int, default=1, metavar="K",
+                   help="lazy R1 as StyleGAN2 does: every K-th discriminator step, weighted by K")
     g.add_argument("--steps", type=int, default=1000, help="total generator steps (a resumed run continues to it)")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--n-dis", type=int, default=1, help="discriminator steps per generator step")
@@ -160,12 +166,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parses the command line; with --resume, the checkpoint's arguments fill in those not given."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("ch", "z_dim", "batch_size", "n_dis", "samples", "fid_batch_size"):
+    for name in ("ch", "z_dim", "batch_size", "n_dis", "samples", "fid_batch_size", "r1_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     for name in ("steps", "workers", "sample_every", "ckpt_every", "log_every", "fid_every"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be at least 0, got {getattr(args, name)}")
+    if not args.r1 >= 0.0:
+        parser.error(f"--r1 must be at least 0, got {args.r1}")
     if not 0.0 <= args.ema_decay < 1.0:
         parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     if args.fid_samples < 2:
@@ -431,9 +439,10 @@ class Trainer:
             return None
         return torch.randint(self.num_classes, (batch,), device=self.device)
 
-    def d_step(self, real: torch.Tensor, y: Optional[torch.Tensor]) -> Dict[str, float]:
+    def d_step(self, real: torch.Tensor, y: Optional[torch.Tensor], d_index: int = 0) -> Dict[str, float]:
         """One discriminator update on a real batch and as many fakes (drawn with the real labels); under
-        torchrun ``real`` and ``y`` are this rank's shard of the global batch."""
+        torchrun ``real`` and ``y`` are this rank's shard of the global batch. ``d_index`` counts the
+        discriminator steps of the whole run (lazy R1 runs on every ``--r1-every``-th)."""
         args, batch, part = self.args, real.shape[0], self.dist.shard(self.args.batch_size)
         z = torch.randn(args.batch_size, args.z_dim, device=self.device)[part]
         with torch.no_grad(), self.autocast():
@@ -452,6 +461,11 @@ class Trainer:
                                   autocast=self.autocast)
             loss = loss + args.gp_weight * gp
             out["gp"] = gp.item()
+        if args.r1 > 0 and d_index % args.r1_every == 0:
+            scale = self.scaler_D.get_scale() if self.scaler_D.is_enabled() else 1.0
+            r1 = r1_penalty(self.D_train, real, y, grad_scale=scale, autocast=self.autocast)
+            loss = loss + (args.r1 / 2) * args.r1_every * r1
+            out["r1"] = r1.item()
         self.opt_D.zero_grad(set_to_none=True)
         self.scaler_D.scale(loss).backward()
         self.scaler_D.step(self.opt_D)
@@ -556,11 +570,11 @@ class Trainer:
                 distributed.maybe_fail(self.dist, self.step + 1)
                 t0 = time.perf_counter()
                 stats: Dict[str, float] = {}
-                for _ in range(args.n_dis):
+                for k in range(args.n_dis):
                     real, y = next(batches)
                     real = real.to(self.device, non_blocking=True)
                     y = y.to(self.device, non_blocking=True) if self.num_classes else None
-                    stats.update(self.d_step(real, y))
+                    stats.update(self.d_step(real, y, self.step * args.n_dis + k))
                 stats.update(self.g_step(args.batch_size))
                 sync()
                 dt = time.perf_counter() - t0

@@ -69,6 +69,17 @@ def test_smoke(tmp_path, loss, variant, attention):
     assert set(ckpt) >= {"G", "D", "G_ema", "opt_G", "opt_D", "rng", "args"}
 
 
+@pytest.mark.parametrize("attention", ["fused", "notebook"])
+def test_r1_lazy_every_k_steps(tmp_path, attention):
+    """--r1 GAMMA --r1-every 2: the penalty (through the fused double backward, or the notebook's bmm)
+    on the 1st and 3rd discriminator steps only, logged beside the losses."""
+    _train(tmp_path, "--steps", "3", "--sample-every", "0", "--r1", "1.0", "--r1-every", "2",
+           "--attention", attention)
+    records = _log(tmp_path)
+    assert ["r1" in r for r in records] == [True, False, True]
+    assert all(r["r1"] > 0 and torch.isfinite(torch.tensor(r["r1"])) for r in records if "r1" in r)
+
+
 def test_several_discriminator_steps(tmp_path):
     summary = _train(tmp_path, "--steps", "2", "--sample-every", "0", "--n-dis", "2", "--unlabelled")
     assert summary["steps"] == 2

@@ -20,10 +20,10 @@ from .layers import (
     GBlock,
     self_attention,
 )
-from .losses import LOSSES, discriminator_loss, generator_loss, gradient_penalty
+from .losses import LOSSES, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
 
 __all__ = [
     "RESOLUTIONS", "ATTENTION_IMPLS", "ATTENTION_VARIANTS", "LOSSES",
     "Generator", "Discriminator", "GBlock", "DBlock", "ConditionalBatchNorm2d", "BmmSelfAttention2d",
-    "self_attention", "discriminator_loss", "generator_loss", "gradient_penalty", "ema_decay", "ema_update",
+    "self_attention", "discriminator_loss", "generator_loss", "gradient_penalty", "r1_penalty", "ema_decay", "ema_update",
 ]
