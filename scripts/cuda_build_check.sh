@@ -39,6 +39,7 @@ assert str(info["cuda"]).lower() == "true", "the CUDA kernels were not built"
 assert torch._C._dispatch_has_kernel_for_dispatch_key("sagan::self_attn_fwd", "CUDA"), "no CUDA kernel registered"
 PYEOF
 
+export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$PWD/build/inductor-cache-cuda}"  # this build's own
 echo "== CUDA build check: pytest with the CUDA build =="
 # From tests/python's parent, with python/ off sys.path: the package under test is the one in $VENV.
 "$PY" -m pytest tests/python -q -ra -p no:cacheprovider "$@"

@@ -22,8 +22,8 @@
 #   run(command="bash scripts/gpu_verify.sh", carry=[".carry"], timeout_s=540)
 # Environment:
 #   GPU_VERIFY_BUDGET_S    seconds for the whole script (default 500: done before a 540 s device call ends)
-#   GPU_VERIFY_CUDA_TESTS  pytest selection of the CUDA tests (default tests/python/test_cuda.py; once
-#                          every test takes the device as a parameter, e.g. "tests/python -k cuda")
+#   GPU_VERIFY_CUDA_TESTS  pytest selection of the CUDA tests (default "tests/python -k cuda": the
+#                          device-parametrised matrix, every test's cuda case, and tests/python/test_cuda.py)
 #   GPU_VERIFY_DRY_RUN=1   on a machine without a GPU: prove the plumbing. Skips the build (uses the
 #                          in-place one) and the sanitizers, compiles the PTX check without running it,
 #                          runs the CUDA tests (they skip) and the plugin's own tests, a tiny CPU bench,
@@ -37,7 +37,7 @@ PY="${PYTHON:-python3}"
 DRY="${GPU_VERIFY_DRY_RUN:-0}"
 BUDGET="${GPU_VERIFY_BUDGET_S:-500}"
 RESERVE=15  # seconds kept for the summary at the end
-read -r -a CUDA_TESTS <<< "${GPU_VERIFY_CUDA_TESTS:-tests/python/test_cuda.py}"
+read -r -a CUDA_TESTS <<< "${GPU_VERIFY_CUDA_TESTS:-tests/python -k cuda}"
 if [ -z "${OUT:-}" ]; then
   OUT=build/gpu-verify/out
   rm -rf "$OUT"
@@ -302,8 +302,9 @@ EOF
       "$SANITIZER" --tool racecheck --error-exitcode 1 --print-limit 100 "$PY" tests/cuda/sanitize_case.py --quick
   fi
   if [ "$DRY" = 1 ]; then
+    # What the real run's last stage would run: everything the cuda stage did not (-k "not cuda").
     stage 11 rest_collect 60 "$OUT/pytest.log" "$PY" -m pytest tests/python --collect-only -q -p no:cacheprovider \
-      --deselect "${CUDA_TESTS[0]}"
+      -k "not cuda"
   else
     pytest_stage 11 rest 100000 tests/python --outcome-skip-stage cuda
   fi

@@ -12,5 +12,8 @@ echo "== GoogleTest (ctest) =="
 ctest --test-dir "${SAGAN_ATTN_BUILD_DIR:-build/cmake}" --output-on-failure
 echo "== C++ package (cmake --install, examples/cpp) =="
 bash scripts/test_cpp_package.sh
+# torch.compile's inductor cache of this build, not the machine's shared /tmp one (compiled code of
+# an older op schema must never be served to this build).
+export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$PWD/build/inductor-cache}"
 echo "== pytest =="
 "$PY" -m pytest tests/python -q -ra "$@"

@@ -7,9 +7,33 @@ plain-PyTorch reference and the ``SelfAttention2d`` module.
 """
 from __future__ import annotations
 
-import torch  # noqa: F401  (loads libtorch before the extension)
+import warnings
 
-from . import _C  # noqa: F401  (loading it registers the sagan ops)
+import torch  # loads libtorch before the extension
+
+try:
+    from . import _C  # noqa: F401  (loading it registers the sagan ops)
+except ImportError as err:  # typically undefined symbols: built against another torch
+    raise ImportError(
+        f"sagan_attn: the compiled extension does not load with the installed torch {torch.__version__}; "
+        "it must be built against the torch it runs with: reinstall it with "
+        "`pip install --no-build-isolation .` (or -e .) in this environment. Loader error: " + str(err)
+    ) from err
+
+
+def _check_torch_version() -> None:
+    built = str(dict(_C.build_info()).get("torch", ""))
+    if built.split(".")[:2] != torch.__version__.split("+")[0].split(".")[:2]:
+        warnings.warn(
+            f"sagan_attn was built against torch {built} but runs with torch {torch.__version__}: C++ "
+            "extensions are tied to the torch they are built with; reinstall it with "
+            "`pip install --no-build-isolation .` in this environment",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+_check_torch_version()
 from ._ops import self_attn
 from . import reference
 from .modules import SelfAttention2d

@@ -340,3 +340,18 @@ def set_gammas(model, value=0.6):
             if name.endswith("gamma") or name.endswith("sigma"):
                 p.fill_(value)
     return model
+
+
+# Tolerances of the patch and convert tests.
+# float64: the fused op and bmm differ by rounding only (~1e-15 relative per term, sums over <= 64 keys):
+# 1e-10 leaves wide margin and still catches a wrong axis or term (O(1e-2) here).
+# float32: rounding ~1e-7 per term, accumulated over 64 keys and through the 1x1 convs' backward: 1e-4
+# relative to the tensor's scale; a real error is O(1e-2) or more.
+TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=1e-4, rtol=1e-4)}
+
+
+def assert_close(a, b, dtype, what):
+    tol = TOL[dtype]
+    scale = max(b.abs().max().item(), 1.0)
+    err = (a - b).abs().max().item()
+    assert err <= tol["atol"] + tol["rtol"] * scale, f"{what}: max error {err:.3e} at scale {scale:.3e}"

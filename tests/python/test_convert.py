@@ -16,7 +16,7 @@ from sagan_attn import SelfAttention2d, convert
 from sagan_attn.models.layers import BmmSelfAttention2d
 
 import codebase_blocks as cb
-from test_patch import TOL, _assert_close
+from codebase_blocks import TOL, assert_close as _assert_close  # noqa: F401
 
 # Our role -> the foreign parameter path of each layout: the gradients are compared by role.
 ROLE_OF = {

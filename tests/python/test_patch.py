@@ -19,12 +19,7 @@ from sagan_attn import patch, unpatch
 from sagan_attn.patch import AttentionMap, is_patched
 
 import codebase_blocks as cb
-
-# float64: the fused op and bmm differ by rounding only (~1e-15 relative per term, sums over <= 64 keys):
-# 1e-10 leaves wide margin and still catches a wrong axis or term (O(1e-2) here).
-# float32: rounding ~1e-7 per term, accumulated over 64 keys and through the 1x1 convs' backward: 1e-4
-# relative to the tensor's scale; a real error is O(1e-2) or more.
-TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=1e-4, rtol=1e-4)}
+from codebase_blocks import TOL, assert_close as _assert_close  # noqa: F401  (TOL: see codebase_blocks)
 
 
 def _run(block, x, grad_y, *args):
@@ -34,13 +29,6 @@ def _run(block, x, grad_y, *args):
     params = [p for _, p in block.named_parameters()]
     grads = torch.autograd.grad(y, [x, *params], grad_y)
     return y.detach(), grads
-
-
-def _assert_close(a, b, dtype, what):
-    tol = TOL[dtype]
-    scale = max(b.abs().max().item(), 1.0)
-    err = (a - b).abs().max().item()
-    assert err <= tol["atol"] + tol["rtol"] * scale, f"{what}: max error {err:.3e} at scale {scale:.3e}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -105,6 +105,19 @@ def test_compile_forward_backward_matches_eager(backend, device):
         got = run_with_grads(lambda *a: compiled(*a[:5]), inputs, None, grad_y)
         want = run_with_grads(lambda *a: block(*a[:5]), inputs, None, grad_y)
     for name, a, b in zip(("y",) + INPUT_NAMES, got, want):
+        if name == "gamma" and backend == "inductor":
+            # grad_gamma = sum over B Cv Nq terms 2 dy o that largely cancel (0.019 from terms ~1):
+            # inductor's own tanh moves each o by an ulp or so, independently, so the difference is a
+            # root-sum-square of ulp-sized changes of the terms: graded against 8 eps sqrt(sum term^2)
+            # (about 3e-5 here, 1.6e-3 of the value), not against the small result itself.
+            with torch.no_grad():
+                _, o, _ = torch.ops.sagan.self_attn_fwd(torch.tanh(inputs.f), inputs.g * 0.5, inputs.h,
+                                                        inputs.x, inputs.gamma, 0.9)
+                rss = (2.0 * grad_y.double() * o.double()).square().sum().sqrt().item()
+            err = (a.double() - b.double()).abs().max().item()
+            tol = 8 * torch.finfo(torch.float32).eps * rss
+            assert err <= tol, f"gamma: err {err:.3e} > 8 eps sqrt(sum term^2) = {tol:.3e}"
+            continue
         _exact_or_close(a, b, backend, name)
 
 
