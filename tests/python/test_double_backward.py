@@ -17,6 +17,7 @@ import torch
 
 import sagan_attn
 from sagan_attn import reference
+from sagan_attn.demo import cpu_memory_env
 
 from conftest import make_inputs
 
@@ -167,21 +168,14 @@ def test_penalties_of_the_sagan_discriminator_match_the_notebook():
 
 MEMORY_SCRIPT = textwrap.dedent(
     r"""
-    import json, re, sys
+    import json, sys
     import torch
     import sagan_attn
-
-    def status():
-        s = open("/proc/self/status").read()
-        kb = lambda key: int(re.search(key + r":\s+(\d+) kB", s).group(1))
-        return kb("VmHWM") * 1024, kb("VmRSS") * 1024
-
-    def reset_peak():
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
+    from sagan_attn.demo import cpu_peak_bytes  # the package's one CPU peak-memory meter
 
     N, B, Cqk, Cv = int(sys.argv[1]), 1, 8, 64
     op = torch.ops.sagan.self_attn
+    state = {}
 
     def r1_step(n, seed):
         gen = torch.Generator().manual_seed(seed)
@@ -192,19 +186,12 @@ MEMORY_SCRIPT = textwrap.dedent(
         grads = torch.autograd.grad(y.square().sum(), (f, g, h, x), create_graph=True)
         penalty = sum(gr.square().sum() for gr in grads)
         penalty.backward()
-        return float(penalty)
+        state["value"] = float(penalty)
 
     r1_step(300, 0)  # warm-up
-    reset_peak()
-    _, rss0 = status()
-    block = torch.ones(64, 1024, 1024)  # the meter must see 256 MiB
-    control = status()[0] - rss0
-    del block
-    reset_peak()
-    _, rss0 = status()
-    value = r1_step(N, 1)
-    growth = status()[0] - rss0
-    print(json.dumps({"growth": growth, "control": control, "finite": value == value}))
+    control = cpu_peak_bytes(lambda: torch.ones(64, 1024, 1024))  # the meter must see 256 MiB
+    growth = cpu_peak_bytes(lambda: r1_step(N, 1))
+    print(json.dumps({"growth": growth, "control": control, "finite": state["value"] == state["value"]}))
     """
 )
 
@@ -214,7 +201,7 @@ def test_r1_step_memory_is_linear_at_n16384():
     stays under 10% of one N x N float32 map (1 GiB): the composite path would hold several."""
     n = 16384
     out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(n)], capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, env=cpu_memory_env())
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["control"] >= 200 * 2**20, f"the meter did not see a 256 MiB block: {res}"
