@@ -92,7 +92,7 @@ def make_step(impl: str, side: int, channels: int = 64, batch: int = 1, seed: in
         (grad_x,) = torch.autograd.grad((y * w_out).sum(), x, create_graph=True)
         penalty = grad_x.square().sum()
         penalty.backward()
-        return float(penalty)
+        return float(penalty.detach())
 
     return step
 
