@@ -9,7 +9,8 @@ bash scripts/setup.sh
 source scripts/venv.sh
 venv_require test.sh
 echo "== GoogleTest (ctest) =="
-ctest --test-dir "${SAGAN_ATTN_BUILD_DIR:-build/cmake}" --output-on-failure
+# Two at a time: the host emulation tests run one emulated thread at a time, a core each.
+ctest --test-dir "${SAGAN_ATTN_BUILD_DIR:-build/cmake}" --output-on-failure --parallel "${CTEST_PARALLEL_LEVEL:-2}"
 echo "== C++ package (cmake --install, examples/cpp) =="
 bash scripts/test_cpp_package.sh
 # torch.compile's inductor cache of this build, not the machine's shared /tmp one (compiled code of
