@@ -30,7 +30,8 @@ echo "== CUDA build check: installing $TORCH_SPEC into $VENV =="
 echo "== CUDA build check: building for TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST =="
 # Not editable: the CPU build's _C in python/sagan_attn stays untouched; this one goes to $VENV, with
 # the extras' dependencies that the tests use (torch is none of them: the CUDA torch above stays).
-"$PY" -m pip install -q --no-build-isolation ".[train,bench,test]"
+# The PTX semantics check (tests/emulation/mma) is compiled with the kernels, so it never rots.
+CMAKE_ARGS="${CMAKE_ARGS:-} -DSAGAN_ATTN_BUILD_PTX_CHECK=ON" "$PY" -m pip install -q --no-build-isolation ".[train,bench,test]"
 "$PY" - <<'PYEOF'
 import torch, sagan_attn
 info = sagan_attn.build_info()

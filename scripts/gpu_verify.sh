@@ -211,7 +211,7 @@ say "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST (PTX check: $ARCH)  MAX_JOBS=$MA
 # -- 2. build, and beside it (nvcc on one core) the PTX semantics check --------------------------------
 # Does mma.sync / ldmatrix behave as the host emulation assumes (bitwise, one warp)?
 PTX_BIN="$WORK/mma_ptx_check"
-PTX_CMD="\"$NVCC\" -std=c++17 -arch=$ARCH -I. kernels/cuda/mma/host_emulation/mma_ptx_semantics_check.cu -o \"$PTX_BIN\""
+PTX_CMD="\"$NVCC\" -std=c++17 -arch=$ARCH -I. tests/emulation/mma/mma_ptx_semantics_check.cu -o \"$PTX_BIN\""
 if [ "$DRY" = 1 ]; then
   PTX_CMD="$PTX_CMD && echo 'compiled; not run (dry run: no GPU)'"
 else

@@ -581,7 +581,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_df_mma_kernel(const Se
 
 // ---------------------------------------------------------------------------------------------------
 // Launchers (one instantiation per dtype x kCqk, in instantiations/). nvcc only: the host emulation
-// (g++, kernels/cuda/mma/host_emulation) runs the kernels above block by block itself.
+// (g++, tests/emulation/mma) runs the kernels above block by block itself.
 #if defined(__CUDACC__)
 
 template <typename Kernel>

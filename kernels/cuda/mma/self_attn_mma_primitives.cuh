@@ -11,8 +11,10 @@
 // Every smem tile is row-major with a row stride (ld) that is a multiple of 8 elements and 16 bytes
 // more than a power of two, so the 8 rows of one ldmatrix matrix hit different bank groups.
 //
-// SAGAN_CUDA_HOST_EMULATION (tests only, g++): the PTX instructions below run on the CPU emulator of
-// kernels/cuda/mma/host_emulation instead; the device code is the other branch of each #if.
+// SAGAN_CUDA_HOST_EMULATION (tests only, g++): the PTX instructions below run on a CPU emulator
+// instead; the device code is the other branch of each #if. The emulator is test code: its header,
+// mma_host_emulation.h, is found through the include path of the emulation test target
+// (tests/emulation/mma), which also defines SAGAN_CUDA_HOST_EMULATION.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -22,7 +24,7 @@
 #include <cstring>
 
 #if defined(SAGAN_CUDA_HOST_EMULATION)
-#include "kernels/cuda/mma/host_emulation/mma_host_emulation.h"
+#include "mma_host_emulation.h"  // on the emulation test target's include path only
 #endif
 #include "kernels/cuda/self_attn_cuda_common.cuh"
 

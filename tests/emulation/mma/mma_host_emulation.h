@@ -1,6 +1,6 @@
 // Host emulation of the warp-level instructions of the tensor-core kernels (ldmatrix, mma.sync
 // m16n8k16, cp.async), on top of the SIMT emulator's scheduler
-// (kernels/cuda/simt/host_emulation/simt_host_emulation.h: one OS thread per CUDA thread, one running
+// (tests/emulation/simt/simt_host_emulation.h: one OS thread per CUDA thread, one running
 // at a time, random hand-offs at every barrier and warp operation). Included by
 // kernels/cuda/mma/self_attn_mma_primitives.cuh when SAGAN_CUDA_HOST_EMULATION is defined; test-only,
 // compiled by g++ (C++20), never by nvcc, never part of the library.
@@ -49,7 +49,7 @@
 #define __launch_bounds__(...)
 #endif
 
-#include "kernels/cuda/simt/host_emulation/simt_host_emulation.h"
+#include "tests/emulation/simt/simt_host_emulation.h"
 
 #include <atomic>
 #include <cstdarg>

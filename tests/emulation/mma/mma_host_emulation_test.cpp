@@ -7,11 +7,11 @@
 // schedules, and planted layout / synchronisation bugs that must fail. The launchers (<<<>>>) are not
 // run: their grids, smem sizes and load-path choice are restated in run_case_k.
 //   g++ -std=c++20 -O2 -pthread -I/usr/local/cuda/include -I. -Wno-unknown-pragmas -Wno-attributes
-//       kernels/cuda/mma/host_emulation/mma_host_emulation_test.cpp -o /tmp/mma_emu && /tmp/mma_emu
+//       tests/emulation/mma/mma_host_emulation_test.cpp -o /tmp/mma_emu && /tmp/mma_emu
 // (from the repository root; all groups take a few minutes on two cores; an argument 1..7 runs one
 // group: 1 float16, 2 bfloat16, 3 more shapes, 4 softmax specials, 5 schedules, 6 planted layout
 // bugs, 7 planted synchronisation bugs).
-#include "kernels/cuda/mma/host_emulation/mma_host_emulation.h"
+#include "tests/emulation/mma/mma_host_emulation.h"
 #include "kernels/cuda/mma/self_attn_mma_kernels.cuh"
 
 #include <algorithm>

@@ -6,7 +6,7 @@
 // mma A/B/C fragments by groupID / threadID_in_group. If this passes on a GPU, a pass of the emulation
 // test means the kernels' layouts are right on the hardware too. Needs sm_80 or newer; not part of
 // the build (from the repository root):
-//   nvcc -std=c++17 -arch=sm_90 -I. kernels/cuda/mma/host_emulation/mma_ptx_semantics_check.cu -o /tmp/mma_ptx_check
+//   nvcc -std=c++17 -arch=sm_90 -I. tests/emulation/mma/mma_ptx_semantics_check.cu -o /tmp/mma_ptx_check
 //   /tmp/mma_ptx_check
 #include <cstdio>
 #include <cstdlib>

@@ -1,7 +1,7 @@
 // Host emulation of the few CUDA device facilities that the SIMT block bodies use (__syncthreads,
 // __shfl_xor_sync, atomicAdd, bit casts), so that the kernels' block logic runs on a CPU without a GPU.
 // warp_collective is the generic warp-synchronous exchange on which the tensor-core emulation
-// (kernels/cuda/mma/host_emulation) builds ldmatrix and mma.sync.
+// (tests/emulation/mma) builds ldmatrix and mma.sync.
 // One block runs at a time as one OS thread per CUDA thread under a cooperative scheduler: exactly one
 // thread runs at any moment, and at every blocking point (barrier, warp shuffle) the next thread is
 // drawn at random from the runnable ones. A missing barrier then shows up as wrong or

@@ -4,9 +4,9 @@
 // grid y / z smaller than needed (the in-kernel loops), softmax specials, empty sizes, and bitwise
 // equality of two runs under different thread schedules (races). The launchers (<<<>>>) are not run.
 //   g++ -std=c++20 -O2 -pthread -I/usr/local/cuda/include -I. -Wno-unknown-pragmas -Wno-attributes
-//       kernels/cuda/simt/host_emulation/simt_host_emulation_test.cpp -o /tmp/simt_emu && /tmp/simt_emu
+//       tests/emulation/simt/simt_host_emulation_test.cpp -o /tmp/simt_emu && /tmp/simt_emu
 // (from the repository root; about two minutes on two cores; an argument 1..6 runs one group).
-#include "kernels/cuda/simt/host_emulation/simt_host_emulation.h"
+#include "tests/emulation/simt/simt_host_emulation.h"
 #include "kernels/cuda/simt/self_attn_simt_kernel.cuh"
 #include "kernels/cuda/self_attn_bwd_rowstats.cuh"
 #include <algorithm>
