@@ -56,8 +56,12 @@ class CMakeBuild(build_ext):
         os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
         if not shutil.which("cmake"):
             sys.exit("sagan-attn setup.py: no cmake on PATH: `pip install setuptools wheel cmake ninja pybind11` first")
-        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        ext_path = Path(self.get_ext_fullpath(ext.name)).resolve()
         build_dir = Path(os.environ.get("SAGAN_ATTN_BUILD_DIR", ROOT / "build" / "cmake")).resolve()
+        # CMake writes _C inside its own build folder and it is copied to where setuptools wants it
+        # below: two build folders (the CPU build, cuda_build_check's) never share an output file, whose
+        # timestamp would make one folder's ninja skip its link and ship the other folder's module.
+        out_dir = build_dir / "python"
         build_dir.mkdir(parents=True, exist_ok=True)
         # A build folder configured for another python starts afresh: CMake caches the torch it found
         # there (Torch_DIR, its libraries), which would be linked instead of this python's torch.
@@ -86,6 +90,9 @@ class CMakeBuild(build_ext):
         subprocess.run(cfg, check=True)
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
         subprocess.run(["cmake", "--build", str(build_dir), "--parallel", jobs], check=True)
+        ext_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out_dir / ext_path.name, ext_path)
+        shutil.copymode(out_dir / ext_path.name, ext_path)
 
 
 setup(
