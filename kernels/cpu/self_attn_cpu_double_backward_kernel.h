@@ -35,6 +35,21 @@
 //   2. per (batch, key tile), after 1: over the query tiles d_g, d_h.
 // Every work item owns its outputs and sums in a fixed order: bitwise identical for any thread count.
 
+// The per-row constants of the second-order terms: c_i (the softmax's row sum of Gp) and a_i.
+template <typename T>
+struct SecondOrderRow {
+  T d, c, a;
+  SecondOrderRow(T D, T R, T P, T Q, T gamma, T ugamma)
+      : d(D), c(gamma * (P + Q - T(2) * D * R) + ugamma * D), a(ugamma - gamma * R) {}
+  // gamma ds_ij and Gs_ij of one (i, j) from p, dp, B, E.
+  void terms(T gamma, T p, T dp, T b, T e, T* gamma_ds, T* gs) const {
+    const T ddp = dp - d;
+    const T gp = gamma * ddp * b + gamma * e + a * dp;
+    *gamma_ds = gamma * p * ddp;
+    *gs = p * (gp - c);
+  }
+};
+
 template <typename T>
 void self_attn_double_bwd_impl(const SelfAttnDoubleBwdParams& p, const ParallelFor& parallel_for) {
   constexpr int64_t BQ = CpuTileTraits<T>::kBlockQ;
@@ -97,17 +112,7 @@ void self_attn_double_bwd_impl(const SelfAttnDoubleBwdParams& p, const ParallelF
   };
 
   // D_i = sum_c dy[c,i] o[c,i], as the backward computes it.
-  parallel_for(B, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      T* Db = Ds + b * Nq;
-      std::fill(Db, Db + Nq, T(0));
-      for (int64_t c = 0; c < Cv; ++c) {
-        const T* dyc = dy + b * p.dy_sb + c * p.dy_sc;
-        const T* oc = o + b * p.o_sb + c * p.o_sc;
-        for (int64_t i = 0; i < Nq; ++i) Db[i] += dyc[i] * oc[i];
-      }
-    }
-  });
+  row_dot_dy_o(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, o, p.o_sb, p.o_sc, Ds, parallel_for);
 
   // Pass 1: row statistics, then the query-side outputs d_f and d_dy.
   const int64_t n_qtiles = ceil_div(Nq, BQ);
@@ -115,7 +120,9 @@ void self_attn_double_bwd_impl(const SelfAttnDoubleBwdParams& p, const ParallelF
     Tiles t(Cqk, Cv);
     // Transposed (key x query) operands of the output products: gamma ds, Gs, gamma p B, gamma p.
     std::vector<T> w_ds(BK * BQ, T(0)), w_gs(BK * BQ, T(0)), w_pb(BK * BQ, T(0)), w_p(BK * BQ, T(0));
-    std::vector<T> acc_f(Cqk * BQ), acc_dy(Cv * BQ), c_row(BQ), a_row(BQ);
+    std::vector<T> acc_f(Cqk * BQ), acc_dy(Cv * BQ);
+    std::vector<SecondOrderRow<T>> rows;
+    rows.reserve(BQ);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / n_qtiles;
       const int64_t q0 = (item % n_qtiles) * BQ;
@@ -147,10 +154,8 @@ void self_attn_double_bwd_impl(const SelfAttnDoubleBwdParams& p, const ParallelF
           Q[i] += q;
         }
       }
-      for (int64_t i = 0; i < qn; ++i) {
-        c_row[i] = gamma * (P[i] + Q[i] - T(2) * D[i] * R[i]) + ugamma * D[i];
-        a_row[i] = ugamma - gamma * R[i];
-      }
+      rows.clear();
+      for (int64_t i = 0; i < qn; ++i) rows.emplace_back(D[i], R[i], P[i], Q[i], gamma, ugamma);
       std::fill(acc_f.begin(), acc_f.end(), T(0));
       std::fill(acc_dy.begin(), acc_dy.end(), T(0));
       for (int64_t k0 = 0; k0 < Nk; k0 += BK) {
@@ -161,12 +166,9 @@ void self_attn_double_bwd_impl(const SelfAttnDoubleBwdParams& p, const ParallelF
           const T* dpr = t.dp.data() + i * BK;
           const T* br = t.bm.data() + i * BK;
           const T* er = t.e.data() + i * BK;
-          const T d = D[i], c = c_row[i], a = a_row[i];
+          const SecondOrderRow<T>& row = rows[i];
           for (int64_t j = 0; j < kn; ++j) {
-            const T ddp = dpr[j] - d;
-            const T gp = gamma * ddp * br[j] + gamma * er[j] + a * dpr[j];
-            w_ds[j * BQ + i] = gamma * pr[j] * ddp;
-            w_gs[j * BQ + i] = pr[j] * (gp - c);
+            row.terms(gamma, pr[j], dpr[j], br[j], er[j], &w_ds[j * BQ + i], &w_gs[j * BQ + i]);
             w_pb[j * BQ + i] = gamma * pr[j] * br[j];
             w_p[j * BQ + i] = gamma * pr[j];
           }
@@ -187,7 +189,7 @@ void self_attn_double_bwd_impl(const SelfAttnDoubleBwdParams& p, const ParallelF
         T* out = d_dy + (b * Cv + c) * Nq + q0;
         const T* a = acc_dy.data() + c * BQ;
         const T* oc = o + b * p.o_sb + c * p.o_sc + q0;
-        for (int64_t i = 0; i < qn; ++i) out[i] = a[i] + a_row[i] * oc[i];
+        for (int64_t i = 0; i < qn; ++i) out[i] = a[i] + rows[i].a * oc[i];
       }
     }
   });
@@ -216,18 +218,13 @@ void self_attn_double_bwd_impl(const SelfAttnDoubleBwdParams& p, const ParallelF
           const T* dpr = t.dp.data() + i * BK;
           const T* br = t.bm.data() + i * BK;
           const T* er = t.e.data() + i * BK;
-          const T d = D[i];
-          const T c = gamma * (P[i] + Q[i] - T(2) * d * R[i]) + ugamma * d;
-          const T a = ugamma - gamma * R[i];
+          const SecondOrderRow<T> row(D[i], R[i], P[i], Q[i], gamma, ugamma);
           T* xd = x_ds.data() + i * BK;
           T* xg = x_gs.data() + i * BK;
           T* xh = x_h.data() + i * BK;
           for (int64_t j = 0; j < kn; ++j) {
-            const T ddp = dpr[j] - d;
-            const T gp = gamma * ddp * br[j] + gamma * er[j] + a * dpr[j];
-            xd[j] = gamma * pr[j] * ddp;
-            xg[j] = pr[j] * (gp - c);
-            xh[j] = pr[j] * (gamma * br[j] + a);
+            row.terms(gamma, pr[j], dpr[j], br[j], er[j], &xd[j], &xg[j]);
+            xh[j] = pr[j] * (gamma * br[j] + row.a);
           }
           for (int64_t j = kn; j < BK; ++j) xd[j] = xg[j] = xh[j] = T(0);
         }

@@ -218,6 +218,24 @@ const T* padded_tile(const T* src, int64_t rows, int64_t ld, int64_t width, int6
   return pad;
 }
 
+// D[b, i] = sum_c dy[b,c,i] o[b,c,i] (the softmax backward's row term, before gamma), summed over c
+// in order; the backward and the double backward both start from it.
+template <typename T>
+void row_dot_dy_o(int64_t B, int64_t Cv, int64_t Nq, const T* dy, int64_t dy_sb, int64_t dy_sc,
+                  const T* o, int64_t o_sb, int64_t o_sc, T* D, const ParallelFor& parallel_for) {
+  parallel_for(B, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      T* Db = D + b * Nq;
+      std::fill(Db, Db + Nq, T(0));
+      for (int64_t c = 0; c < Cv; ++c) {
+        const T* dyc = dy + b * dy_sb + c * dy_sc;
+        const T* oc = o + b * o_sb + c * o_sc;
+        for (int64_t i = 0; i < Nq; ++i) Db[i] += dyc[i] * oc[i];
+      }
+    }
+  });
+}
+
 template <typename T>
 void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_for) {
   constexpr int64_t BQ = CpuTileTraits<T>::kBlockQ;
@@ -323,19 +341,9 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
   T* dg = static_cast<T*>(p.dg);
   T* dh = static_cast<T*>(p.dh);
 
-  // D_i = sum_c dy[c,i] o[c,i] (the softmax backward's row term, before gamma): p.delta.
+  // D_i = sum_c dy[c,i] o[c,i]: p.delta.
   T* D = static_cast<T*>(p.delta);
-  parallel_for(B, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      T* Db = D + b * Nq;
-      std::fill(Db, Db + Nq, T(0));
-      for (int64_t c = 0; c < Cv; ++c) {
-        const T* dyc = dy + b * p.dy_sb + c * p.dy_sc;
-        const T* oc = o + b * p.o_sb + c * p.o_sc;
-        for (int64_t i = 0; i < Nq; ++i) Db[i] += dyc[i] * oc[i];
-      }
-    }
-  });
+  row_dot_dy_o(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, o, p.o_sb, p.o_sc, D, parallel_for);
   double dgamma = 0.0;
   for (int64_t i = 0; i < B * Nq; ++i) dgamma += static_cast<double>(D[i]);
   *p.dgamma = dgamma;
