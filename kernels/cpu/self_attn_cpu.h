@@ -1,5 +1,5 @@
 // CPU kernels of sagan::self_attn: forward and backward entry points, dispatched at run time to the
-// best instruction set this CPU has (an AVX2+FMA build on x86-64 where the CPU supports it).
+// best instruction set this CPU has (AVX-512 or AVX2+FMA builds on x86-64 where the CPU supports them).
 #pragma once
 
 #include "kernels/self_attn_params.h"
@@ -18,7 +18,7 @@ void self_attn_bwd(const SelfAttnBwdParams& params, const ParallelFor& parallel_
 template <typename T>
 void self_attn_double_bwd(const SelfAttnDoubleBwdParams& params, const ParallelFor& parallel_for);
 
-// The instruction set the dispatcher picked on this machine ("avx2" or "default").
+// The instruction set the dispatcher picked on this machine ("avx512", "avx2" or "default").
 const char* isa_name();
 
 }  // namespace sagan::kernels::cpu

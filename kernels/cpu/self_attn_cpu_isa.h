@@ -4,17 +4,20 @@
 #include "kernels/cpu/self_attn_cpu_traits.h"
 #include "kernels/self_attn_params.h"
 
-// An AVX2 + FMA build exists on x86-64 with GCC or Clang; elsewhere only the default build.
+// AVX2 + FMA and AVX-512 builds exist on x86-64 with GCC or Clang; elsewhere only the default build.
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define SAGAN_CPU_HAS_AVX2_BUILD 1
+#define SAGAN_CPU_HAS_AVX512_BUILD 1
 #else
 #define SAGAN_CPU_HAS_AVX2_BUILD 0
+#define SAGAN_CPU_HAS_AVX512_BUILD 0
 #endif
 
 // Register width of each build, in bytes: the includer of self_attn_cpu_kernel.h defines
 // SAGAN_CPU_VEC_BYTES to one of these.
 #define SAGAN_CPU_VEC_BYTES_DEFAULT 16
 #define SAGAN_CPU_VEC_BYTES_AVX2 32
+#define SAGAN_CPU_VEC_BYTES_AVX512 64
 
 // Inside namespace sagan::kernels::cpu::<isa>, after the kernel templates.
 #define SAGAN_INSTANTIATE_CPU_KERNELS()                                                        \
@@ -41,6 +44,9 @@ namespace sagan::kernels::cpu {
 SAGAN_DECLARE_CPU_KERNELS(isa_default)
 #if SAGAN_CPU_HAS_AVX2_BUILD
 SAGAN_DECLARE_CPU_KERNELS(isa_avx2)
+#endif
+#if SAGAN_CPU_HAS_AVX512_BUILD
+SAGAN_DECLARE_CPU_KERNELS(isa_avx512)
 #endif
 #undef SAGAN_DECLARE_CPU_KERNELS
 }  // namespace sagan::kernels::cpu

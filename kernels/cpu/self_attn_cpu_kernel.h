@@ -19,8 +19,8 @@
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // One vector register of SAGAN_CPU_VEC_BYTES (GCC/Clang vector extension); the micro-kernel's
-// register block is kMR x kNR<T> = kMR x 2 registers. Scalars broadcast in arithmetic with it. The
-// load/store types carry alignment 1 and may_alias, so any float/double pointer may be read.
+// register block is CpuRegisterBlock's kMR x kNV registers. Scalars broadcast in arithmetic with it.
+// The load/store types carry alignment 1 and may_alias, so any float/double pointer may be read.
 constexpr int kVecBytes = SAGAN_CPU_VEC_BYTES;
 template <typename T>
 struct VecOf;
@@ -37,13 +37,11 @@ struct VecOf<double> {
 };
 template <typename T>
 constexpr int kLanes = static_cast<int>(kVecBytes / sizeof(T));
-template <typename T>
-constexpr int kNR = 2 * kLanes<T>;
-static_assert(CpuTileTraits<float>::kBlockQ % kNR<float> == 0 &&
-                  CpuTileTraits<float>::kBlockK % kNR<float> == 0 &&
-                  CpuTileTraits<double>::kBlockQ % kNR<double> == 0 &&
-                  CpuTileTraits<double>::kBlockK % kNR<double> == 0,
-              "tiles must hold whole register blocks");
+static_assert(CpuTileTraits<float>::kBlockQ % kLanes<float> == 0 &&
+                  CpuTileTraits<float>::kBlockK % kLanes<float> == 0 &&
+                  CpuTileTraits<double>::kBlockQ % kLanes<double> == 0 &&
+                  CpuTileTraits<double>::kBlockK % kLanes<double> == 0,
+              "tiles must hold whole registers");
 
 template <typename T>
 inline typename VecOf<T>::type load_vec(const T* p) {
@@ -108,95 +106,70 @@ inline void scale_row(T* v, int64_t n, T scale) {
   for (int64_t j = 0; j < n; ++j) v[j] *= scale;
 }
 
-// C[m, n] (+)= sum_k A[m * a_ms + k * a_ks] * B[k * ldb + n] for an MR x kNR register block.
+// C[m, n] (+)= sum_k A[m * a_ms + k * a_ks] * B[k * ldb + n] for an MR x NV-register block.
 // A is read one scalar at a time (any strides) and broadcast; B rows are contiguous.
-template <typename T, int MR>
+template <typename T, int MR, int NV>
 inline void micro_kernel(int64_t K, const T* A, int64_t a_ms, int64_t a_ks, const T* B, int64_t ldb,
                          T* C, int64_t ldc, bool accumulate) {
   using Vec = typename VecOf<T>::type;
   constexpr int L = kLanes<T>;
-  Vec acc0[MR], acc1[MR];
-  for (int m = 0; m < MR; ++m) acc0[m] = acc1[m] = Vec{};
+  Vec acc[MR][NV];
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) acc[m][v] = Vec{};
   for (int64_t k = 0; k < K; ++k) {
-    const Vec b0 = load_vec(B + k * ldb);
-    const Vec b1 = load_vec(B + k * ldb + L);
+    Vec b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = load_vec(B + k * ldb + v * L);
     for (int m = 0; m < MR; ++m) {
       const T a = A[m * a_ms + k * a_ks];
-      acc0[m] += a * b0;
-      acc1[m] += a * b1;
+      for (int v = 0; v < NV; ++v) acc[m][v] += a * b[v];
     }
   }
   for (int m = 0; m < MR; ++m) {
     T* c = C + m * ldc;
-    if (accumulate) {
-      acc0[m] += load_vec(c);
-      acc1[m] += load_vec(c + L);
+    for (int v = 0; v < NV; ++v) {
+      if (accumulate) acc[m][v] += load_vec(c + v * L);
+      store_vec(c + v * L, acc[m][v]);
     }
-    store_vec(c, acc0[m]);
-    store_vec(c + L, acc1[m]);
   }
 }
 
-// Sum and maximum of v[0, n) with one register of partial results combined in a fixed order, so
-// the loops vectorise without reassociation flags and results do not depend on the build.
-template <typename T>
-inline T sum_row(const T* v, int64_t n) {
-  using Vec = typename VecOf<T>::type;
-  constexpr int W = kLanes<T>;
-  Vec acc = Vec{};
-  int64_t j = 0;
-  for (; j + W <= n; j += W) acc += load_vec(v + j);
-  T s = T(0);
-  for (int w = 0; w < W; ++w) s += acc[w];
-  for (; j < n; ++j) s += v[j];
-  return s;
-}
-
-// NaN-propagating maximum, as torch.max and the softmax reference treat NaN.
-template <typename T>
-inline T max_nan(T a, T b) { return (a > b || a != a) ? a : b; }
-
-template <typename T>
-inline T max_row(const T* v, int64_t n, T init) {
-  using Vec = typename VecOf<T>::type;
-  constexpr int W = kLanes<T>;
-  T m = init;
-  int64_t j = 0;
-  if (n >= W) {
-    Vec acc = load_vec(v);
-    for (j = W; j + W <= n; j += W) {
-      const Vec x = load_vec(v + j);
-      acc = (acc > x || acc != acc) ? acc : x;
-    }
-    for (int w = 0; w < W; ++w) m = max_nan(m, acc[w]);
+// One panel of NV registers' width: the B panel stays in L1 while the M blocks stream past it.
+template <typename T, int NV>
+inline void gemm_panel(int64_t M, int64_t K, const T* A, int64_t a_ms, int64_t a_ks, const T* B,
+                       int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  constexpr int MR = CpuRegisterBlock<T, kVecBytes>::kMR;
+  static_assert(MR == 6, "the remainder switch covers MR - 1 rows");
+  int64_t m0 = 0;
+  for (; m0 + MR <= M; m0 += MR)
+    micro_kernel<T, MR, NV>(K, A + m0 * a_ms, a_ms, a_ks, B, ldb, C + m0 * ldc, ldc, accumulate);
+  const T* a = A + m0 * a_ms;
+  T* c = C + m0 * ldc;
+  switch (M - m0) {
+    case 0: break;
+    case 1: micro_kernel<T, 1, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate); break;
+    case 2: micro_kernel<T, 2, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate); break;
+    case 3: micro_kernel<T, 3, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate); break;
+    case 4: micro_kernel<T, 4, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate); break;
+    default: micro_kernel<T, 5, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate); break;
   }
-  for (; j < n; ++j) m = max_nan(m, v[j]);
-  return m;
 }
 
-// C (M x N) (+)= A (M x K) B (K x N), N a multiple of the register block width, any M and K.
-// The B panel of one register block width stays in L1 while the M blocks stream past it.
+// C (M x N) (+)= A (M x K) B (K x N), N a multiple of the register width, any M and K. Panels of
+// kNV registers, then one narrower panel for the rest.
 template <typename T>
 void gemm_tile(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_ms, int64_t a_ks, const T* B,
                int64_t ldb, T* C, int64_t ldc, bool accumulate) {
-  constexpr int MR = CpuTileTraits<T>::kMR;
-  constexpr int NR = kNR<T>;
-  for (int64_t n0 = 0; n0 < N; n0 += NR) {
-    int64_t m0 = 0;
-    for (; m0 + MR <= M; m0 += MR)
-      micro_kernel<T, MR>(K, A + m0 * a_ms, a_ms, a_ks, B + n0, ldb, C + m0 * ldc + n0, ldc,
-                          accumulate);
-    const T* a = A + m0 * a_ms;
-    T* c = C + m0 * ldc + n0;
-    switch (M - m0) {
-      case 0: break;
-      case 1: micro_kernel<T, 1>(K, a, a_ms, a_ks, B + n0, ldb, c, ldc, accumulate); break;
-      case 2: micro_kernel<T, 2>(K, a, a_ms, a_ks, B + n0, ldb, c, ldc, accumulate); break;
-      case 3: micro_kernel<T, 3>(K, a, a_ms, a_ks, B + n0, ldb, c, ldc, accumulate); break;
-      case 4: micro_kernel<T, 4>(K, a, a_ms, a_ks, B + n0, ldb, c, ldc, accumulate); break;
-      default: micro_kernel<T, 5>(K, a, a_ms, a_ks, B + n0, ldb, c, ldc, accumulate); break;
-    }
-    static_assert(MR == 6, "the remainder switch covers MR - 1 rows");
+  constexpr int L = kLanes<T>;
+  constexpr int NV = CpuRegisterBlock<T, kVecBytes>::kNV;
+  static_assert(NV >= 1 && NV <= 4, "the remainder switch covers up to 3 registers");
+  int64_t n0 = 0;
+  for (; n0 + NV * L <= N; n0 += NV * L)
+    gemm_panel<T, NV>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate);
+  switch ((N - n0) / L) {
+    case 0: break;
+    case 1: gemm_panel<T, 1>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate); break;
+    case 2: gemm_panel<T, (NV > 2 ? 2 : 1)>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate); break;
+    default: gemm_panel<T, (NV > 3 ? 3 : 1)>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate); break;
   }
 }
 
@@ -236,8 +209,47 @@ void row_dot_dy_o(int64_t B, int64_t Cv, int64_t Nq, const T* dy, int64_t dy_sb,
   });
 }
 
+// exp of every lane of a register holding values <= 0 (or NaN): the polynomial in float, std::exp
+// lane by lane in float64.
+inline VecOf<float>::type exp_vec(VecOf<float>::type x) {
+  return exp_nonpositive_lanes<VecOf<float>::type, VecOf<float>::bits, float>(x);
+}
+inline VecOf<double>::type exp_vec(VecOf<double>::type x) {
+  for (int w = 0; w < kLanes<double>; ++w) x[w] = std::exp(x[w]);
+  return x;
+}
+
+// dst (B, nq_pad, c_pad) = the (B, C, N) tensor src transposed, channels contiguous, zero-padded:
+// the right-hand operand of the backward's key-side products (dh, dg), built once per call.
+template <typename T>
+void transpose_padded(int64_t B, int64_t C, int64_t N, const T* src, int64_t sb, int64_t sc, int64_t nq_pad,
+                      int64_t c_pad, T* dst, const ParallelFor& parallel_for) {
+  constexpr int64_t kRows = 64;
+  const int64_t n_blocks = ceil_div(N, kRows);
+  parallel_for(B * n_blocks, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / n_blocks, i0 = (item % n_blocks) * kRows;
+      const int64_t in = std::min(kRows, N - i0);
+      T* d = dst + (b * nq_pad + i0) * c_pad;
+      for (int64_t i = 0; i < in; ++i) std::fill(d + i * c_pad + C, d + (i + 1) * c_pad, T(0));
+      for (int64_t c = 0; c < C; ++c) {
+        const T* s = src + b * sb + c * sc + i0;
+        for (int64_t i = 0; i < in; ++i) d[i * c_pad + c] = s[i];
+      }
+    }
+    // The padded query rows past N (whole rows of zeros) belong to the last block of each batch.
+    for (int64_t item = begin; item < end; ++item) {
+      if (item % n_blocks != n_blocks - 1) continue;
+      const int64_t b = item / n_blocks;
+      std::fill(dst + (b * nq_pad + N) * c_pad, dst + (b + 1) * nq_pad * c_pad, T(0));
+    }
+  });
+}
+
 template <typename T>
 void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_for) {
+  using Vec = typename VecOf<T>::type;
+  constexpr int L = kLanes<T>;
   constexpr int64_t BQ = CpuTileTraits<T>::kBlockQ;
   constexpr int64_t BK = CpuTileTraits<T>::kBlockK;
   const int64_t Cqk = p.Cqk, Cv = p.Cv, Nq = p.Nq, Nk = p.Nk;
@@ -251,53 +263,59 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
   T* y = static_cast<T*>(p.y);
   T* o = static_cast<T*>(p.o);
   double* lse = p.lse;
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
 
   parallel_for(p.B * n_qtiles, [&](int64_t begin, int64_t end) {
     // Workspace of one thread: O(tile sizes x (Cqk + Cv)), independent of Nq and Nk.
-    std::vector<T> s(BQ * BK), pt(BK * BQ), acc(Cv * BQ), gpad(Cqk * BK);
-    std::vector<T> row_max(BQ), row_sum(BQ), alpha(BQ);
+    std::vector<T> st(BK * BQ), acc(Cv * BQ), fpad(Cqk * BQ);
+    std::vector<T> row_max(BQ), row_sum(BQ), alpha(BQ), shift(BQ);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / n_qtiles;
       const int64_t q0 = (item % n_qtiles) * BQ;
       const int64_t qn = std::min(BQ, Nq - q0);
-      const T* fb = f + b * p.f_sb + q0;  // query i, channel c at fb[i + c * f_sc]
+      int64_t ldf = 0;
+      const T* fq = padded_tile(f + b * p.f_sb + q0, Cqk, p.f_sc, qn, BQ, fpad.data(), &ldf);
       std::fill(acc.begin(), acc.end(), T(0));
-      std::fill(pt.begin(), pt.end(), T(0));
-      std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<T>::infinity());
+      std::fill(row_max.begin(), row_max.end(), kNegInf);
       std::fill(row_sum.begin(), row_sum.end(), T(0));
 
       for (int64_t k0 = 0; k0 < Nk; k0 += BK) {
         const int64_t kn = std::min(BK, Nk - k0);
-        int64_t ldg = 0;
-        const T* gt = padded_tile(g + b * p.g_sb + k0, Cqk, p.g_sc, kn, BK, gpad.data(), &ldg);
-        // s (qn x BK) = f_tile^T g_tile, unscaled.
-        gemm_tile<T>(qn, BK, Cqk, fb, 1, p.f_sc, gt, ldg, s.data(), BK, false);
-        // Online softmax: new running maximum, rescale factor of the old sums, probabilities
-        // written transposed (keys x queries) for the value product below.
-        for (int64_t i = 0; i < qn; ++i) {
-          T* srow = s.data() + i * BK;
-          scale_row(srow, kn, scale);
-          const T mx = max_row(srow, kn, row_max[i]);
-          // While every score of the row so far is -inf, shift by 0 instead of the maximum: the
+        // st (kn x BQ) = g_tile^T f_tile: one row per key, queries along the lanes; then scaled,
+        // rounded to T, before anything else (the backward recomputes exactly these values).
+        gemm_tile<T>(kn, BQ, Cqk, g + b * p.g_sb + k0, 1, p.g_sc, fq, ldf, st.data(), BQ, false);
+        if (scale != T(1))
+          for (int64_t e = 0; e < kn * BQ; e += L) store_vec(&st[e], load_vec(&st[e]) * scale);
+        // Online softmax, lane by lane down the key rows: new running maximum (NaN-propagating, as
+        // torch.max), the rescale factor of the old sums, the tile's exps and their sum.
+        for (int64_t v = 0; v < BQ; v += L) {
+          const Vec old_max = load_vec(&row_max[v]);
+          Vec mx = old_max;
+          for (int64_t j = 0; j < kn; ++j) {
+            const Vec s = load_vec(&st[j * BQ + v]);
+            mx = (mx > s || mx != mx) ? mx : s;
+          }
+          // While every score of a query so far is -inf, shift by 0 instead of the maximum: the
           // tile's exps and the rescale factor are then exp(-inf) = 0, never exp(-inf - -inf) = NaN,
           // so keys masked with -inf (or overflowing to it) in leading tiles get weight 0, as in the
-          // reference. A row that is -inf everywhere ends with row_sum = 0 and o = 0 / 0 = NaN, and a
-          // NaN or +inf score gives NaN: both as the reference softmax has them.
-          const T shift = mx == -std::numeric_limits<T>::infinity() ? T(0) : mx;
-          alpha[i] = exp_nonpositive(row_max[i] - shift);
-          exp_row(srow, kn, shift, T(0));
-          const T sum = sum_row(srow, kn);
-          row_sum[i] = row_sum[i] * alpha[i] + sum;
-          row_max[i] = mx;
-          for (int64_t j = 0; j < kn; ++j) pt[j * BQ + i] = srow[j];
+          // reference. A query whose scores are -inf everywhere ends with row_sum = 0 and
+          // o = 0 / 0 = NaN, and a NaN or +inf score gives NaN: both as the reference softmax has them.
+          const Vec sh = mx == kNegInf ? Vec{} : mx;
+          const Vec a = exp_vec(old_max - sh);
+          Vec sum = Vec{};
+          for (int64_t j = 0; j < kn; ++j) {
+            const Vec e = exp_vec(load_vec(&st[j * BQ + v]) - sh);
+            store_vec(&st[j * BQ + v], e);
+            sum += e;
+          }
+          store_vec(&row_sum[v], load_vec(&row_sum[v]) * a + sum);
+          store_vec(&row_max[v], mx);
+          store_vec(&alpha[v], a);
         }
-        for (int64_t c = 0; c < Cv; ++c) {
-          T* a = acc.data() + c * BQ;
-          for (int64_t i = 0; i < qn; ++i) a[i] *= alpha[i];
-        }
-        // acc (Cv x BQ) += h_tile (Cv x kn) pt (kn x BQ)
-        gemm_tile<T>(Cv, BQ, kn, h + b * p.h_sb + k0, p.h_sc, 1, pt.data(), BQ, acc.data(), BQ,
-                     true);
+        for (int64_t c = 0; c < Cv; ++c)
+          for (int64_t v = 0; v < BQ; v += L) store_vec(&acc[c * BQ + v], load_vec(&acc[c * BQ + v]) * load_vec(&alpha[v]));
+        // acc (Cv x BQ) += h_tile (Cv x kn) st (kn x BQ)
+        gemm_tile<T>(Cv, BQ, kn, h + b * p.h_sb + k0, p.h_sc, 1, st.data(), BQ, acc.data(), BQ, true);
       }
 
       for (int64_t i = 0; i < qn; ++i) {
@@ -324,13 +342,15 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
 
 template <typename T>
 void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_for) {
+  using Vec = typename VecOf<T>::type;
+  constexpr int L = kLanes<T>;
   constexpr int64_t BQ = CpuTileTraits<T>::kBlockQ;
   constexpr int64_t BK = CpuTileTraits<T>::kBlockK;
   const int64_t B = p.B, Cqk = p.Cqk, Cv = p.Cv, Nq = p.Nq, Nk = p.Nk;
   const T scale = static_cast<T>(p.scale);
   const T gamma = *static_cast<const T*>(p.gamma);
   const bool want_df = p.want_df, want_dg = p.want_dg, want_dh = p.want_dh;
-  const bool want_ds = want_df || want_dg;  // the logits' gradient, and with it dp = dy^T h
+  const bool want_ds = want_df || want_dg;  // the logits' gradient, and with it dp = h^T dy
   const T* dy = static_cast<const T*>(p.dy);
   const T* f = static_cast<const T*>(p.f);
   const T* g = static_cast<const T*>(p.g);
@@ -353,75 +373,86 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
   const int64_t n_groups = std::max<int64_t>(1, std::min(ceil_div(kBwdTargetItems, B), n_ktiles));
   const int64_t tiles_per_group = ceil_div(n_ktiles, n_groups);
   const int64_t nq_pad = ceil_div(Nq, BQ) * BQ;
+  const int64_t cqk_pad = ceil_div(Cqk, L) * L, cv_pad = ceil_div(Cv, L) * L;
+  // dy and f transposed (queries x channels, zero-padded): the right-hand operands of dh and dg.
+  // O(B C N), like the inputs.
+  std::vector<T> dyT(want_dh ? B * nq_pad * cv_pad : 0), fT(want_dg ? B * nq_pad * cqk_pad : 0);
+  if (want_dh) transpose_padded(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, nq_pad, cv_pad, dyT.data(), parallel_for);
+  if (want_dg) transpose_padded(B, Cqk, Nq, f, p.f_sb, p.f_sc, nq_pad, cqk_pad, fT.data(), parallel_for);
   // Partial df of each (batch, key group), as Cqk x nq_pad: O(groups x Cqk x Nq), never O(Nq x Nk).
   std::vector<T> df_part(want_df ? B * n_groups * Cqk * nq_pad : 0, T(0));
 
   parallel_for(B * n_groups, [&](int64_t begin, int64_t end) {
-    std::vector<T> s(BQ * BK), dp(BQ * BK), dst(BK * BQ), gpad(Cqk * BK), hpad(Cv * BK);
-    std::vector<T> dv(Cv * BK), dgacc(Cqk * BK);
+    // Key-major tiles (one row per key, queries along the lanes): p^T, and dp^T turned into ds^T.
+    std::vector<T> pt(BK * BQ), dst(BK * BQ), fpad(Cqk * BQ), dypad(Cv * BQ);
+    std::vector<T> dvT(BK * cv_pad), dgT(BK * cqk_pad);
+    std::vector<T> lse_hi(BQ), lse_lo(BQ), Dq(BQ);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / n_groups;
       const int64_t group = item % n_groups;
       T* dfp = want_df ? df_part.data() + item * Cqk * nq_pad : nullptr;
-      const T* fb = f + b * p.f_sb;
-      const T* dyb = dy + b * p.dy_sb;
+      const T* gb = g + b * p.g_sb;
       const double* lseb = lse + b * Nq;
       const T* Db = D + b * Nq;
       const int64_t kt_end = std::min(n_ktiles, (group + 1) * tiles_per_group);
       for (int64_t kt = group * tiles_per_group; kt < kt_end; ++kt) {
         const int64_t k0 = kt * BK;
         const int64_t kn = std::min(BK, Nk - k0);
-        int64_t ldg = 0, ldh = 0;
-        const T* gt = padded_tile(g + b * p.g_sb + k0, Cqk, p.g_sc, kn, BK, gpad.data(), &ldg);
-        const T* ht = want_ds ? padded_tile(h + b * p.h_sb + k0, Cv, p.h_sc, kn, BK, hpad.data(), &ldh)
-                              : nullptr;
-        std::fill(dv.begin(), dv.end(), T(0));
-        std::fill(dgacc.begin(), dgacc.end(), T(0));
-        std::fill(dst.begin(), dst.end(), T(0));
+        std::fill(dvT.begin(), dvT.end(), T(0));
+        std::fill(dgT.begin(), dgT.end(), T(0));
         for (int64_t q0 = 0; q0 < Nq; q0 += BQ) {
           const int64_t qn = std::min(BQ, Nq - q0);
-          // s = f^T g (qn x BK); p = exp(scale s - lse), zero in the padded key columns.
-          gemm_tile<T>(qn, BK, Cqk, fb + q0, 1, p.f_sc, gt, ldg, s.data(), BK, false);
-          // dp = dy_tile^T h_tile (qn x BK), contracted over the Cv value channels.
-          if (want_ds) gemm_tile<T>(qn, BK, Cv, dyb + q0, 1, p.dy_sc, ht, ldh, dp.data(), BK, false);
-          for (int64_t i = 0; i < qn; ++i) {
-            T* srow = s.data() + i * BK;
-            T* dprow = dp.data() + i * BK;
-            const double l = lseb[q0 + i];
-            const T l_hi = static_cast<T>(l);
-            const T l_lo = static_cast<T>(l - static_cast<double>(l_hi));
-            const T d = Db[q0 + i];
-            scale_row(srow, kn, scale);
-            exp_row(srow, kn, l_hi, l_lo);
-            for (int64_t j = kn; j < BK; ++j) srow[j] = T(0);
-            if (!want_ds) continue;
-            for (int64_t j = 0; j < kn; ++j) dprow[j] = srow[j] * (dprow[j] - d);  // ds / gamma
-            for (int64_t j = kn; j < BK; ++j) dprow[j] = T(0);
-            if (want_df)
-              for (int64_t j = 0; j < kn; ++j) dst[j * BQ + i] = dprow[j];
+          // The saved log-sum-exp, split into T hi + lo so that p is as exact as the forward's; the
+          // padded queries get lse = +inf, hence p = 0 and ds = 0.
+          for (int64_t i = 0; i < BQ; ++i) {
+            if (i < qn) {
+              const double l = lseb[q0 + i];
+              lse_hi[i] = static_cast<T>(l);
+              lse_lo[i] = static_cast<T>(l - static_cast<double>(lse_hi[i]));
+              Dq[i] = Db[q0 + i];
+            } else {
+              lse_hi[i] = std::numeric_limits<T>::infinity();
+              lse_lo[i] = Dq[i] = T(0);
+            }
           }
-          if (want_df && qn < BQ) {  // ragged last query tile: clear stale columns of earlier tiles
-            for (int64_t j = 0; j < kn; ++j) std::fill(&dst[j * BQ + qn], &dst[(j + 1) * BQ], T(0));
+          int64_t ldf = 0, lddy = 0;
+          const T* fq = padded_tile(f + b * p.f_sb + q0, Cqk, p.f_sc, qn, BQ, fpad.data(), &ldf);
+          // p^T (kn x BQ) = exp(scale g_tile^T f_tile - lse), scores as the forward rounded them.
+          gemm_tile<T>(kn, BQ, Cqk, gb + k0, 1, p.g_sc, fq, ldf, pt.data(), BQ, false);
+          if (want_ds) {
+            // dp^T (kn x BQ) = h_tile^T dy_tile, contracted over the Cv value channels.
+            const T* dyq = padded_tile(dy + b * p.dy_sb + q0, Cv, p.dy_sc, qn, BQ, dypad.data(), &lddy);
+            gemm_tile<T>(kn, BQ, Cv, h + b * p.h_sb + k0, 1, p.h_sc, dyq, lddy, dst.data(), BQ, false);
           }
-          // dv (Cv x BK) += dy_tile (Cv x qn) p (qn x BK)
-          if (want_dh) gemm_tile<T>(Cv, BK, qn, dyb + q0, p.dy_sc, 1, s.data(), BK, dv.data(), BK, true);
-          // dg (Cqk x BK) += f_tile (Cqk x qn) ds (qn x BK)
-          if (want_dg)
-            gemm_tile<T>(Cqk, BK, qn, fb + q0, p.f_sc, 1, dp.data(), BK, dgacc.data(), BK, true);
+          for (int64_t v = 0; v < BQ; v += L) {
+            const Vec hi = load_vec(&lse_hi[v]), lo = load_vec(&lse_lo[v]), d = load_vec(&Dq[v]);
+            for (int64_t j = 0; j < kn; ++j) {
+              Vec s = load_vec(&pt[j * BQ + v]);
+              if (scale != T(1)) s = s * scale;
+              const Vec pr = exp_vec((s - hi) - lo);
+              store_vec(&pt[j * BQ + v], pr);
+              if (want_ds) store_vec(&dst[j * BQ + v], pr * (load_vec(&dst[j * BQ + v]) - d));  // ds / gamma
+            }
+          }
           // df_part (Cqk x BQ at q0) += g_tile (Cqk x kn) ds^T (kn x BQ)
           if (want_df)
-            gemm_tile<T>(Cqk, BQ, kn, g + b * p.g_sb + k0, p.g_sc, 1, dst.data(), BQ, dfp + q0,
-                         nq_pad, true);
+            gemm_tile<T>(Cqk, BQ, kn, gb + k0, p.g_sc, 1, dst.data(), BQ, dfp + q0, nq_pad, true);
+          // dh^T (kn x Cv) += p^T (kn x qn) dy^T (qn x Cv)
+          if (want_dh)
+            gemm_tile<T>(kn, cv_pad, qn, pt.data(), BQ, 1, dyT.data() + (b * nq_pad + q0) * cv_pad, cv_pad,
+                         dvT.data(), cv_pad, true);
+          // dg^T (kn x Cqk) += ds^T (kn x qn) f^T (qn x Cqk)
+          if (want_dg)
+            gemm_tile<T>(kn, cqk_pad, qn, dst.data(), BQ, 1, fT.data() + (b * nq_pad + q0) * cqk_pad, cqk_pad,
+                         dgT.data(), cqk_pad, true);
         }
         for (int64_t c = 0; want_dh && c < Cv; ++c) {
           T* dhc = dh + (b * Cv + c) * Nk + k0;
-          const T* dvc = dv.data() + c * BK;
-          for (int64_t j = 0; j < kn; ++j) dhc[j] = gamma * dvc[j];
+          for (int64_t j = 0; j < kn; ++j) dhc[j] = gamma * dvT[j * cv_pad + c];
         }
         for (int64_t c = 0; want_dg && c < Cqk; ++c) {
           T* dgc = dg + (b * Cqk + c) * Nk + k0;
-          const T* ac = dgacc.data() + c * BK;
-          for (int64_t j = 0; j < kn; ++j) dgc[j] = gamma * scale * ac[j];
+          for (int64_t j = 0; j < kn; ++j) dgc[j] = gamma * scale * dgT[j * cqk_pad + c];
         }
       }
     }

@@ -1,29 +1,36 @@
-// Tile sizes of the CPU kernels: the one place that decides them.
+// Tile sizes and register blocks of the CPU kernels: the one place that decides them.
 #pragma once
 
 #include <cstdint>
 
 namespace sagan::kernels::cpu {
 
+// kBlockQ x kBlockK is the score tile: kBlockQ queries along the vector lanes, kBlockK keys. The
+// forward and the backward hold it key-major (one row per key, queries contiguous), so the online
+// softmax's per-query maximum and sum run down the rows, lane-wise, and the tile is the right-hand
+// operand of the value product as it stands. Both sizes are multiples of every register width.
 template <typename T>
 struct CpuTileTraits;
 
-// The micro-kernel's register block is kMR rows x 2 vector registers (the register width is the
-// instruction set's: 32 bytes for AVX2, 16 for the baseline build; see self_attn_cpu_isa.h), so
-// 12 accumulator registers. kBlockQ x kBlockK is the score tile: rows are queries, columns keys;
-// both are multiples of every register block width, so padded tile buffers hold whole blocks.
 template <>
 struct CpuTileTraits<float> {
-  static constexpr int kMR = 6;
   static constexpr int64_t kBlockQ = 64;
   static constexpr int64_t kBlockK = 128;
 };
 
 template <>
 struct CpuTileTraits<double> {
-  static constexpr int kMR = 6;
   static constexpr int64_t kBlockQ = 64;
   static constexpr int64_t kBlockK = 128;
+};
+
+// The micro-kernel's register block, per register width in bytes (16: the baseline x86-64 build,
+// SSE2; 32: AVX2; 64: AVX-512): kMR rows x kNV vector registers of accumulators. AVX2 and SSE2 have
+// 16 registers (12 accumulators, 2 of B, 1 broadcast); AVX-512 has 32 (24, 4, 1).
+template <typename T, int VecBytes>
+struct CpuRegisterBlock {
+  static constexpr int kMR = 6;
+  static constexpr int kNV = VecBytes == 64 ? 4 : 2;
 };
 
 // The backward pass splits the keys of each batch into key groups that run in parallel; each group
