@@ -173,6 +173,18 @@ void gemm_tile(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_ms, int64_
   }
 }
 
+// dst (rows x padded, contiguous) = the rows x width block at src (leading dimension ld), the
+// columns past width zeroed. The kernels' operands are copied this way into small contiguous
+// tiles: rows of a (C, N) tensor lie N elements apart, and a few dozen such rows at a power-of-two
+// stride share one set of the L1 cache and evict each other.
+template <typename T>
+void copy_tile(const T* src, int64_t rows, int64_t ld, int64_t width, int64_t padded, T* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy(src + r * ld, src + r * ld + width, dst + r * padded);
+    std::fill(dst + r * padded + width, dst + (r + 1) * padded, T(0));
+  }
+}
+
 // A rows x padded tile starting at src (row-major, leading dimension ld) whose first `width` columns
 // are real: src itself when the tile is whole (width == padded), else a copy in pad with the
 // missing columns zeroed. *ld_out receives the returned tile's leading dimension.
@@ -183,12 +195,23 @@ const T* padded_tile(const T* src, int64_t rows, int64_t ld, int64_t width, int6
     *ld_out = ld;
     return src;
   }
-  for (int64_t r = 0; r < rows; ++r) {
-    std::copy(src + r * ld, src + r * ld + width, pad + r * padded);
-    std::fill(pad + r * padded + width, pad + (r + 1) * padded, T(0));
-  }
+  copy_tile(src, rows, ld, width, padded, pad);
   *ld_out = padded;
   return pad;
+}
+
+// dst (B, n_tiles, C, BQ) = the (B, C, N) tensor src cut into query tiles of BQ columns, each
+// contiguous and the last zero-padded: built once per backward call, read once per key tile.
+template <typename T>
+void query_tiles(int64_t B, int64_t C, int64_t N, const T* src, int64_t sb, int64_t sc, int64_t BQ, T* dst,
+                 const ParallelFor& parallel_for) {
+  const int64_t n_tiles = ceil_div(N, BQ);
+  parallel_for(B * n_tiles, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / n_tiles, q0 = (item % n_tiles) * BQ;
+      copy_tile(src + b * sb + q0, C, sc, std::min(BQ, N - q0), BQ, dst + item * C * BQ);
+    }
+  });
 }
 
 // D[b, i] = sum_c dy[b,c,i] o[b,c,i] (the softmax backward's row term, before gamma), summed over c
@@ -267,14 +290,13 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
 
   parallel_for(p.B * n_qtiles, [&](int64_t begin, int64_t end) {
     // Workspace of one thread: O(tile sizes x (Cqk + Cv)), independent of Nq and Nk.
-    std::vector<T> st(BK * BQ), acc(Cv * BQ), fpad(Cqk * BQ);
+    std::vector<T> st(BK * BQ), acc(Cv * BQ), fq(Cqk * BQ), gk(Cqk * BK);
     std::vector<T> row_max(BQ), row_sum(BQ), alpha(BQ), shift(BQ);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / n_qtiles;
       const int64_t q0 = (item % n_qtiles) * BQ;
       const int64_t qn = std::min(BQ, Nq - q0);
-      int64_t ldf = 0;
-      const T* fq = padded_tile(f + b * p.f_sb + q0, Cqk, p.f_sc, qn, BQ, fpad.data(), &ldf);
+      copy_tile(f + b * p.f_sb + q0, Cqk, p.f_sc, qn, BQ, fq.data());
       std::fill(acc.begin(), acc.end(), T(0));
       std::fill(row_max.begin(), row_max.end(), kNegInf);
       std::fill(row_sum.begin(), row_sum.end(), T(0));
@@ -283,7 +305,8 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
         const int64_t kn = std::min(BK, Nk - k0);
         // st (kn x BQ) = g_tile^T f_tile: one row per key, queries along the lanes; then scaled,
         // rounded to T, before anything else (the backward recomputes exactly these values).
-        gemm_tile<T>(kn, BQ, Cqk, g + b * p.g_sb + k0, 1, p.g_sc, fq, ldf, st.data(), BQ, false);
+        copy_tile(g + b * p.g_sb + k0, Cqk, p.g_sc, kn, BK, gk.data());
+        gemm_tile<T>(kn, BQ, Cqk, gk.data(), 1, BK, fq.data(), BQ, st.data(), BQ, false);
         if (scale != T(1))
           for (int64_t e = 0; e < kn * BQ; e += L) store_vec(&st[e], load_vec(&st[e]) * scale);
         // Online softmax, lane by lane down the key rows: new running maximum (NaN-propagating, as
@@ -379,12 +402,17 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
   std::vector<T> dyT(want_dh ? B * nq_pad * cv_pad : 0), fT(want_dg ? B * nq_pad * cqk_pad : 0);
   if (want_dh) transpose_padded(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, nq_pad, cv_pad, dyT.data(), parallel_for);
   if (want_dg) transpose_padded(B, Cqk, Nq, f, p.f_sb, p.f_sc, nq_pad, cqk_pad, fT.data(), parallel_for);
+  // f and dy cut into contiguous query tiles: the right-hand operands of s^T and dp^T.
+  const int64_t n_qtiles = nq_pad / BQ;
+  std::vector<T> f_tiles(B * n_qtiles * Cqk * BQ), dy_tiles(want_ds ? B * n_qtiles * Cv * BQ : 0);
+  query_tiles(B, Cqk, Nq, f, p.f_sb, p.f_sc, BQ, f_tiles.data(), parallel_for);
+  if (want_ds) query_tiles(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, BQ, dy_tiles.data(), parallel_for);
   // Partial df of each (batch, key group), as Cqk x nq_pad: O(groups x Cqk x Nq), never O(Nq x Nk).
   std::vector<T> df_part(want_df ? B * n_groups * Cqk * nq_pad : 0, T(0));
 
   parallel_for(B * n_groups, [&](int64_t begin, int64_t end) {
     // Key-major tiles (one row per key, queries along the lanes): p^T, and dp^T turned into ds^T.
-    std::vector<T> pt(BK * BQ), dst(BK * BQ), fpad(Cqk * BQ), dypad(Cv * BQ);
+    std::vector<T> pt(BK * BQ), dst(BK * BQ), gk(Cqk * BK), hk(want_ds ? Cv * BK : 0);
     std::vector<T> dvT(BK * cv_pad), dgT(BK * cqk_pad);
     std::vector<T> lse_hi(BQ), lse_lo(BQ), Dq(BQ);
     for (int64_t item = begin; item < end; ++item) {
@@ -398,6 +426,8 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
       for (int64_t kt = group * tiles_per_group; kt < kt_end; ++kt) {
         const int64_t k0 = kt * BK;
         const int64_t kn = std::min(BK, Nk - k0);
+        copy_tile(gb + k0, Cqk, p.g_sc, kn, BK, gk.data());
+        if (want_ds) copy_tile(h + b * p.h_sb + k0, Cv, p.h_sc, kn, BK, hk.data());
         std::fill(dvT.begin(), dvT.end(), T(0));
         std::fill(dgT.begin(), dgT.end(), T(0));
         for (int64_t q0 = 0; q0 < Nq; q0 += BQ) {
@@ -415,15 +445,12 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
               lse_lo[i] = Dq[i] = T(0);
             }
           }
-          int64_t ldf = 0, lddy = 0;
-          const T* fq = padded_tile(f + b * p.f_sb + q0, Cqk, p.f_sc, qn, BQ, fpad.data(), &ldf);
+          const int64_t qt = b * n_qtiles + q0 / BQ;
           // p^T (kn x BQ) = exp(scale g_tile^T f_tile - lse), scores as the forward rounded them.
-          gemm_tile<T>(kn, BQ, Cqk, gb + k0, 1, p.g_sc, fq, ldf, pt.data(), BQ, false);
-          if (want_ds) {
-            // dp^T (kn x BQ) = h_tile^T dy_tile, contracted over the Cv value channels.
-            const T* dyq = padded_tile(dy + b * p.dy_sb + q0, Cv, p.dy_sc, qn, BQ, dypad.data(), &lddy);
-            gemm_tile<T>(kn, BQ, Cv, h + b * p.h_sb + k0, 1, p.h_sc, dyq, lddy, dst.data(), BQ, false);
-          }
+          gemm_tile<T>(kn, BQ, Cqk, gk.data(), 1, BK, f_tiles.data() + qt * Cqk * BQ, BQ, pt.data(), BQ, false);
+          // dp^T (kn x BQ) = h_tile^T dy_tile, contracted over the Cv value channels.
+          if (want_ds)
+            gemm_tile<T>(kn, BQ, Cv, hk.data(), 1, BK, dy_tiles.data() + qt * Cv * BQ, BQ, dst.data(), BQ, false);
           for (int64_t v = 0; v < BQ; v += L) {
             const Vec hi = load_vec(&lse_hi[v]), lo = load_vec(&lse_lo[v]), d = load_vec(&Dq[v]);
             for (int64_t j = 0; j < kn; ++j) {
@@ -436,7 +463,7 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
           }
           // df_part (Cqk x BQ at q0) += g_tile (Cqk x kn) ds^T (kn x BQ)
           if (want_df)
-            gemm_tile<T>(Cqk, BQ, kn, gb + k0, p.g_sc, 1, dst.data(), BQ, dfp + q0, nq_pad, true);
+            gemm_tile<T>(Cqk, BQ, kn, gk.data(), BK, 1, dst.data(), BQ, dfp + q0, nq_pad, true);
           // dh^T (kn x Cv) += p^T (kn x qn) dy^T (qn x Cv)
           if (want_dh)
             gemm_tile<T>(kn, cv_pad, qn, pt.data(), BQ, 1, dyT.data() + (b * nq_pad + q0) * cv_pad, cv_pad,
