@@ -10,6 +10,13 @@
   sdpa-flash-pad   the flash backend on q and k zero-padded from Cqk to Cv channels (the dot products
                    are unchanged): the way to use flash, which wants one head size for q, k and v, when
                    Cqk != Cv. The padding is inside the timed region.
+  flex             FlexAttention, ``torch.nn.attention.flex_attention.flex_attention`` under
+                   ``torch.compile`` (no mask, no score_mod, scale=1.0), on the same (B, 1, N, C) views as
+                   SDPA, with the same transpose back and residual outside the compiled call. It takes
+                   Cqk != Cv as it is (torch 2.13 on the CPU); where it refuses them, q and k are
+                   zero-padded to Cv as for sdpa-flash-pad. Compiled afresh for each shape, by the first
+                   call (the correctness check), so compilation is never timed. The CPU has no
+                   FlexAttention backward: there its bwd and fwd+bwd read "n/a (...)".
   sagan-attn       ``torch.ops.sagan.self_attn``, the fused op.
 """
 from __future__ import annotations
@@ -24,6 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import sagan_attn  # noqa: F401  (registers torch.ops.sagan)
 from sagan_attn import reference
+from sagan_attn.measure import is_oom
 
 from .shapes import Shape
 
@@ -37,7 +45,13 @@ SDPA_BACKENDS = {  # name -> backend, in the order of the tables
     "cudnn": SDPBackend.CUDNN_ATTENTION,
     "flash": SDPBackend.FLASH_ATTENTION,
 }
-IMPLS: List[str] = [NOTEBOOK] + [f"sdpa-{b}" for b in SDPA_BACKENDS] + ["sdpa-flash-pad", FUSED]
+FLEX = "flex"
+IMPLS: List[str] = [NOTEBOOK] + [f"sdpa-{b}" for b in SDPA_BACKENDS] + ["sdpa-flash-pad", FLEX, FUSED]
+# The implementations compiled by their first call on a shape (warm-up calls must precede timing and
+# memory measurements).
+COMPILED = {FLEX}
+# The layouts resolve() tries, in order, for the implementations that have several.
+FLEX_LAYOUTS = ["views", "q, k padded to Cv"]
 # The implementations that build the (B, Nq, Nk) map, with the maps a forward+backward holds at its peak
 # (the notebook: s, beta, dbeta, ds; asked 5 for headroom) for the memory estimate that skips them.
 MATERIALISING = {NOTEBOOK: 5, "sdpa-math": 5}
@@ -133,21 +147,54 @@ def _as_heads(t: torch.Tensor, contiguous: bool) -> torch.Tensor:
     return t.unsqueeze(1)
 
 
+def _heads(f, g, h, contiguous: bool, pad: bool):
+    """q, k, v as (B, 1, N, C) heads; with pad, q and k zero-padded from Cqk to Cv channels."""
+    q, k, v = _as_heads(f, contiguous), _as_heads(g, contiguous), _as_heads(h, contiguous)
+    if pad and q.shape[-1] < v.shape[-1]:
+        q = F.pad(q, (0, v.shape[-1] - q.shape[-1]))
+        k = F.pad(k, (0, v.shape[-1] - k.shape[-1]))
+    return q, k, v
+
+
+def _output(o: torch.Tensor, x: Optional[torch.Tensor], gamma: torch.Tensor) -> torch.Tensor:
+    """(B, 1, Nq, Cv) heads back to y = gamma o + x in the (B, Cv, Nq) layout the other implementations return."""
+    y = gamma * o.squeeze(1).transpose(1, 2)
+    if x is not None:
+        y = y + x
+    return y.contiguous()
+
+
 def sdpa(backend: str, contiguous: bool, pad: bool = False) -> Impl:
     """One forced SDPA backend on the (B, C, N) layout: transposes in, transpose out, residual added."""
     kind = SDPA_BACKENDS[backend]
 
     def run(f, g, h, x, gamma):
-        q, k, v = _as_heads(f, contiguous), _as_heads(g, contiguous), _as_heads(h, contiguous)
-        if pad and q.shape[-1] < v.shape[-1]:
-            q = F.pad(q, (0, v.shape[-1] - q.shape[-1]))
-            k = F.pad(k, (0, v.shape[-1] - k.shape[-1]))
+        q, k, v = _heads(f, g, h, contiguous, pad)
         with sdpa_kernel(kind):
             o = F.scaled_dot_product_attention(q, k, v, scale=SCALE)  # (B, 1, Nq, Cv)
-        y = gamma * o.squeeze(1).transpose(1, 2)
-        if x is not None:
-            y = y + x
-        return y.contiguous()  # the (B, Cv, Nq) layout the other implementations return
+        return _output(o, x, gamma)
+
+    return run
+
+
+def flex(pad: bool = False) -> Impl:
+    """FlexAttention compiled by torch.compile, on the (B, C, N) layout as sdpa() does it.
+
+    Each call of flex() compiles afresh (torch._dynamo.reset()): the sweep builds it once per shape, so
+    every shape gets a kernel specialised to its sizes (dynamic=False), and a sweep of many shapes never
+    reaches Dynamo's recompile limit (past which it would run FlexAttention uncompiled, unfused)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    torch._dynamo.reset()
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    def run(f, g, h, x, gamma):
+        q, k, v = _heads(f, g, h, contiguous=False, pad=pad)
+        if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            # torch 2.13 has no FlexAttention backward on the CPU. Not attempted: under torch.compile the
+            # failed attempt would leave flex_attention uncompiled (unfused, N x N maps) for later calls.
+            raise NotImplementedError(f"FlexAttention does not support backward on CPU (torch {torch.__version__})")
+        return _output(compiled(q, k, v, scale=SCALE), x, gamma)
 
     return run
 
@@ -205,6 +252,8 @@ def build(name: str, layout: str = "") -> Impl:
         return notebook
     if name == FUSED:
         return fused
+    if name == FLEX:
+        return flex(pad=layout == FLEX_LAYOUTS[1])
     backend = name[len("sdpa-"):]
     pad = backend.endswith("-pad")
     backend = backend[: -len("-pad")] if pad else backend
@@ -222,31 +271,32 @@ def _refusal(err: BaseException, caught: List[warnings.WarningMessage]) -> str:
 def resolve(name: str, shape: Shape, inputs: Tuple[torch.Tensor, ...]) -> Tuple[Resolved, Optional[torch.Tensor]]:
     """Runs impl once (no grad) on the inputs and returns it with its output y, or with the reason it
     cannot run this shape (y None). SDPA backends are tried on transposed views first, then on contiguous
-    copies. Out-of-memory errors propagate to the caller."""
+    copies; flex as it is, then with q and k padded to Cv (its first call compiles it: any error there,
+    a compiler's included, is a reason). Out-of-memory errors propagate to the caller."""
     f, g, h, x, gamma = inputs[:5]
     if name == "sdpa-flash-pad" and shape.Cqk >= shape.Cv:
         return Resolved(name, None, reason="Cqk >= Cv: nothing to pad (see sdpa-flash)"), None
-    layouts = ["views", "contiguous copies"] if name.startswith("sdpa-") else [""]
+    if name.startswith("sdpa-"):
+        layouts = ["views", "contiguous copies"]
+    elif name == FLEX:
+        layouts = FLEX_LAYOUTS if shape.Cqk < shape.Cv else FLEX_LAYOUTS[:1]
+    else:
+        layouts = [""]
+    # flex: torch.compile runs a compiler, whose failures come in many types; they are reasons too.
+    refusals = Exception if name == FLEX else (RuntimeError, NotImplementedError)
     reason = ""
     for layout in layouts:
-        fn = build(name, layout)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
+                fn = build(name, layout)
                 with torch.no_grad():
                     y = fn(f, g, h, x, gamma)
                 return Resolved(name, fn, layout), y
-            except (RuntimeError, NotImplementedError) as err:
+            except refusals as err:
                 if is_oom(err):
                     raise
                 reason = _refusal(err, caught) if name.startswith("sdpa-") else " ".join(str(err).split())[:200]
     if f.device.type == "cpu" and name in ("sdpa-efficient", "sdpa-cudnn"):
         reason = "CUDA-only backend: " + reason
     return Resolved(name, None, reason=reason), None
-
-
-def is_oom(err: BaseException) -> bool:
-    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(err).lower()
-    return "out of memory" in text or "can't allocate memory" in text

@@ -1,16 +1,16 @@
-"""How the benchmark measures: time, peak memory, the dense-matmul roofline, and the machine.
+"""What the benchmark adds to sagan_attn.measure: its CPU memory worker, the dense-matmul roofline, and
+the machine and checkout a record was made on.
 
-Time: the median of repeated calls after warm-up calls. On CUDA each call sits between two CUDA events
-on the current stream (the GPU's own clock, no host overhead counted beyond what the call launches); on
-the CPU it is wall time (time.perf_counter), at least `repeats` calls and more until `budget_s` passed.
-
-Peak memory, in bytes beyond what was allocated before the step (the inputs, and the graph for a
-backward):
+Time and peak memory are the package's meters (``sagan_attn.measure``, those of the demo and the tests).
+Time: the median of repeated calls after warm-up calls; CUDA events on the GPU (the GPU's own clock),
+wall time on the CPU. Peak memory, in bytes beyond what was allocated before the step (the inputs, and
+the graph for a backward), with the raw peak (inputs included) recorded beside it:
   CUDA  torch.cuda.max_memory_allocated() during the step after reset_peak_memory_stats(), in this
-        process; the raw peak (inputs included) is recorded beside it.
+        process (sagan_attn.measure.cuda_peak).
   CPU   the growth of the peak resident set (VmHWM) of a fresh worker process over its resident set
-        just before the step, with glibc handing every block of 64 KiB or more back on free (the meter
-        of sagan_attn.demo, shared). One worker per shape, so no cache or pool of an earlier shape counts.
+        just before the step, with glibc handing every block of 64 KiB or more back on free
+        (sagan_attn.measure.cpu_peak_bytes in a sagan_attn.measure.run_worker process). One worker per
+        shape (cpu_memory, memory_worker below), so no cache or pool of an earlier shape counts.
 """
 from __future__ import annotations
 
@@ -18,89 +18,13 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import subprocess
-import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence
 
 import torch
 
-from .impls import is_oom
-
-Measured = Union[float, str]  # a number, or why there is none ("OOM", "n/a (...)")
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_ms(fn: Callable[[], object], device: str, warmup: int, repeats: int, budget_s: float,
-              max_repeats: int = 100, cap_s: float = 10.0, min_repeats: int = 3) -> Measured:
-    """Median time of fn in ms, or "OOM". CUDA: CUDA events; CPU: wall time.
-
-    At least `repeats` calls, and more while less than budget_s has passed (fast calls get more); but a
-    slow call stops at min_repeats once cap_s has passed."""
-
-    def more(n: int, elapsed: float) -> bool:
-        if n >= max_repeats or (n >= min(repeats, min_repeats) and elapsed > cap_s):
-            return False
-        return n < repeats or elapsed < budget_s
-
-    try:
-        for _ in range(warmup):
-            fn()
-        sync(device)
-        times: List[float] = []
-        start = time.perf_counter()
-        if device == "cuda":
-            events = []
-            while more(len(events), time.perf_counter() - start):
-                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                begin.record()
-                fn()
-                end.record()
-                events.append((begin, end))
-                if len(events) >= min(repeats, min_repeats):
-                    end.synchronize()  # the budget is GPU time, not launch time
-            torch.cuda.synchronize()
-            times = [b.elapsed_time(e) for b, e in events]
-        else:
-            while more(len(times), time.perf_counter() - start):
-                t0 = time.perf_counter()
-                fn()
-                times.append(1e3 * (time.perf_counter() - t0))
-    except (RuntimeError, MemoryError) as err:
-        if not is_oom(err):
-            raise
-        free_cuda(device)
-        return "OOM"
-    return statistics.median(times)
-
-
-def free_cuda(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-
-
-def cuda_peak(fn: Callable[[], object]) -> Dict[str, Measured]:
-    """{'peak': raw bytes, 'extra': bytes over what was allocated before} of one call, or 'OOM'."""
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    try:
-        fn()
-        torch.cuda.synchronize()
-    except (RuntimeError, MemoryError) as err:
-        if not is_oom(err):
-            raise
-        free_cuda("cuda")
-        return {"peak": "OOM", "extra": "OOM"}
-    peak = torch.cuda.max_memory_allocated()
-    return {"peak": peak, "extra": peak - before}
+from sagan_attn.measure import Measured, cpu_model, cpu_peak_bytes, emit, is_oom, median_ms, run_worker
 
 
 # -- the CPU memory worker -------------------------------------------------------------------------------
@@ -111,35 +35,27 @@ WORKER_FLAG = "--_memory-worker"
 
 def cpu_memory(job: dict) -> Dict[str, Dict[str, Dict[str, Measured]]]:
     """Runs the memory worker on job (shape, dtype, implementations with their layouts) in a fresh process;
-    returns {impl: {step: {'peak', 'extra'}}}. An implementation the worker did not finish reads 'OOM' if
-    the worker was killed for memory, else 'error'."""
-    from sagan_attn.demo import cpu_memory_env
-
+    returns {impl: {step: {'peak', 'extra'}}}. A step the worker could not run reads as its reason
+    ('n/a (...)'); one it did not finish reads 'OOM' if the worker was killed for memory, else 'error'."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sweep.py")
-    proc = subprocess.run([sys.executable, script, WORKER_FLAG, json.dumps(job)], env=cpu_memory_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = run_worker([script, WORKER_FLAG, json.dumps(job)])
     out: Dict[str, Dict[str, Dict[str, Measured]]] = {}
-    for line in proc.stdout.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
+    for rec in proc.records:
         out.setdefault(rec["impl"], {})[rec["step"]] = {"peak": rec["peak"], "extra": rec["extra"]}
-    killed = proc.returncode in (-9, 137) or is_oom(RuntimeError(proc.stderr))
     for name, _ in job["impls"]:
         for step in ("fwd", "fwd+bwd"):
             if step not in out.get(name, {}):
-                why = "OOM" if killed else f"error (worker exit {proc.returncode}: {proc.stderr.strip()[-160:]})"
+                why = ("OOM" if proc.killed_for_memory
+                       else f"error (worker exit {proc.returncode}: {proc.stderr.strip()[-160:]})")
                 out.setdefault(name, {})[step] = {"peak": why, "extra": why}
     return out
 
 
 def memory_worker(job_json: str) -> int:
     """In a fresh process: for each implementation, the peak of one forward (no grad) and one
-    forward+backward, printed as JSON lines as soon as known."""
-    from sagan_attn.demo import cpu_peak_bytes
-
-    from .impls import build, make_inputs, step_fns
+    forward+backward, printed as JSON lines as soon as known. A step the implementation does not support
+    (FlexAttention's backward on the CPU) is printed with its reason instead of a number."""
+    from .impls import COMPILED, build, make_inputs, step_fns
     from .shapes import Shape
 
     job = json.loads(job_json)
@@ -150,12 +66,24 @@ def memory_worker(job_json: str) -> int:
     small = make_inputs(Shape("warm-up", "", "", 1, shape.C, 8, 8, shape.variant), dtype, "cpu", seed=1)
     for name, layout in job["impls"]:
         fn = build(name, layout)
-        # Warm-up, so that one-time set-up (thread pool, the autograd engine) is not counted as the step's.
-        step_fns(fn, small)["fwd+bwd"]()
+        # Warm-up, so that one-time set-up (thread pool, the autograd engine) is not counted as the step's;
+        # a compiled implementation also compiles its forward for the measured shape here.
+        unsupported: Dict[str, str] = {}
+        try:
+            step_fns(fn, small)["fwd+bwd"]()
+        except (RuntimeError, NotImplementedError) as err:
+            if is_oom(err):
+                raise
+            unsupported["fwd+bwd"] = "n/a (" + " ".join(str(err).split())[:160] + ")"
         fns = step_fns(fn, inputs)
+        if name in COMPILED:
+            fns["fwd"]()
         for step in ("fwd", "fwd+bwd"):
+            if step in unsupported:
+                emit({"impl": name, "step": step, "extra": unsupported[step], "peak": unsupported[step]})
+                continue
             extra = cpu_peak_bytes(fns[step])
-            print(json.dumps({"impl": name, "step": step, "extra": extra, "peak": extra + inputs_size}), flush=True)
+            emit({"impl": name, "step": step, "extra": extra, "peak": extra + inputs_size})
         del fns
     return 0
 
@@ -188,8 +116,6 @@ def matmul_tflops(dtype: torch.dtype, device: str, target_s: float = 0.2, repeat
 
 
 def _cpu_model() -> str:
-    from sagan_attn.demo import cpu_model
-
     return cpu_model() or platform.processor() or "cpu"
 
 
@@ -243,17 +169,6 @@ def machine(device: str) -> dict:
     else:
         info["name"] = info["cpu"]
     return info
-
-
-def mem_available_bytes() -> Optional[int]:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def safe_name(text: str) -> str:

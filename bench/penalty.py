@@ -14,7 +14,7 @@ weights and inputs:
   sdpa-math   F.scaled_dot_product_attention with the math backend (the one SDPA backend that has a
               second derivative), q = f^T, k = g^T, v = h^T
 Time is the median of repeated steps (wall time); peak memory the growth of the resident set of a fresh
-worker process during one step (the meter of sagan_attn.demo). Ratios are against the notebook, measured
+worker process during one step (both by sagan_attn.measure, the meters of the demo and the sweep). Ratios are against the notebook, measured
 in the same run. Writes penalty-<stamp>.json and .md under --out.
 """
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Callable, Dict, Optional, Sequence
@@ -33,9 +32,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import sagan_attn  # noqa: F401  (registers torch.ops.sagan)
 from sagan_attn import reference
-from sagan_attn.demo import cpu_memory_env, cpu_peak_bytes
+from sagan_attn.measure import cpu_peak_bytes, emit, median_ms, run_worker
 
-from .measure import git_state, machine, median_ms
+from .measure import git_state, machine
 
 IMPLS = ["fused", "composite", "notebook", "sdpa-math"]
 WORKER_FLAG = "--_worker"
@@ -101,20 +100,17 @@ def _worker(job: str) -> int:
     impl, side = json.loads(job)
     make_step(impl, 8)()  # warm-up: thread pool, autograd engine
     step = make_step(impl, side)
-    print(json.dumps({"peak": cpu_peak_bytes(step)}), flush=True)
+    emit({"peak": cpu_peak_bytes(step)})
     return 0
 
 
 def peak_memory(impl: str, side: int) -> Optional[int]:
     """Resident-set growth of one step in a fresh process (None if it was killed, e.g. out of memory)."""
-    proc = subprocess.run([sys.executable, "-m", "bench.penalty", WORKER_FLAG, json.dumps([impl, side])],
-                          env=cpu_memory_env(), capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    for line in proc.stdout.splitlines()[::-1]:
-        try:
-            return int(json.loads(line)["peak"])
-        except (ValueError, KeyError):
-            continue
+    proc = run_worker(["-m", "bench.penalty", WORKER_FLAG, json.dumps([impl, side])],
+                      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for rec in proc.records[::-1]:
+        if "peak" in rec:
+            return int(rec["peak"])
     return None
 
 

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
 
-from .impls import FUSED  # noqa: E402
+from .impls import FLEX, FUSED  # noqa: E402
 from .report import MiB, Run, is_num  # noqa: E402
 from .shapes import SCALING_B, SCALING_C  # noqa: E402
 
@@ -26,6 +26,7 @@ COLOURS = {
     "sdpa-cudnn": "tab:purple",
     "sdpa-flash": "tab:brown",
     "sdpa-flash-pad": "tab:blue",
+    FLEX: "tab:cyan",
     FUSED: "tab:green",
 }
 

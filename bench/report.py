@@ -1,5 +1,6 @@
 """From the record of a run (the JSON) to its Markdown: the headline table, the targets of issue 4
-evaluated on the run's own figures, every implementation's figures, and the scaling sweep.
+evaluated on the run's own figures, the CPU targets against sdpa-flash-pad and flex (issue 14), every
+implementation's figures, and the scaling sweep.
 
 Everything here reads the record only, so a committed JSON can be re-rendered:
 ``python -m bench.report bench/results/<run>.json``.
@@ -10,11 +11,13 @@ import math
 import sys
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .impls import FUSED, IMPLS, NOTEBOOK
+from .impls import FLEX, FUSED, IMPLS, NOTEBOOK
 
 MiB = 2**20
 GiB = 2**30
 STEPS = ("fwd", "bwd", "fwd+bwd")
+# What sagan-attn is compared with on the CPU target shapes (issue 14): the fastest fused alternatives.
+CPU_TARGET_RIVALS = ("sdpa-flash-pad", FLEX)
 
 
 # -- reading the record ------------------------------------------------------------------------------
@@ -57,7 +60,11 @@ class Run:
         return m.get(key) if isinstance(m, dict) else (m if m is not None else r["status"])
 
     def model_shapes(self) -> List[str]:
-        return [n for n in self.order if self.shapes[n]["group"] == "models"]
+        """The GAN blocks and, on a CPU run, the CPU targets: every shape but the scaling sweep's."""
+        return [n for n in self.order if self.shapes[n]["group"] in ("models", "cpu-target")]
+
+    def cpu_target_shapes(self) -> List[str]:
+        return [n for n in self.order if self.shapes[n]["group"] == "cpu-target"]
 
     def scaling_shapes(self) -> List[str]:
         return sorted((n for n in self.order if self.shapes[n]["group"] == "scaling"),
@@ -162,7 +169,7 @@ def evaluate_targets(run: Run) -> List[dict]:
 
     def speedup_64(dtype):
         rows = [n for n in models if run.shapes[n]["H"] == 64 and run.shapes[n]["W"] == 64
-                and n != "cpu-target"]
+                and run.shapes[n]["group"] == "models"]
         parts, ok = [], True
         for n in rows:
             nb, fu = run.ms(n, dtype, NOTEBOOK, "fwd+bwd"), run.ms(n, dtype, FUSED, "fwd+bwd")
@@ -328,6 +335,41 @@ def headline(run: Run, dtype: str) -> str:
                   "bwd % matmul"], rows, left=2)
 
 
+def cpu_targets(run: Run, dtype: str) -> str:
+    """The CPU target shapes: sagan-attn's times, its ratios against sdpa-flash-pad and flex (their time
+    over sagan-attn's, or why there is none), and its forward rate against the matmul roofline of the run."""
+    unit, factor = rate_unit(run)
+    mm = run.record.get("matmul", {}).get(dtype, {}).get("tflops")
+    rows = []
+    for n in run.cpu_target_shapes():
+        s = run.shapes[n]
+        fu = run.get(n, dtype, FUSED)
+        if fu is None:
+            continue
+        cells = []
+        for rival in CPU_TARGET_RIVALS:
+            for st in ("fwd", "fwd+bwd"):
+                other = run.ms(n, dtype, rival, st)
+                r = ratio(other, run.ms(n, dtype, FUSED, st))
+                cells.append(fmt_x(r) if r is not None else short(other))
+        rate = fu.get("tflops", {}).get("fwd")
+        rows.append([
+            f"{n} ({s['variant']})", shape_dims(s),
+            fmt_ms(run.ms(n, dtype, FUSED, "fwd")), fmt_ms(run.ms(n, dtype, FUSED, "fwd+bwd")), *cells,
+            f"{factor * rate:.3g}" if is_num(rate) else "-",
+            fmt_pct(fu.get("matmul_fraction", {}).get("fwd")),
+        ])
+    head = ["shape", "B / Cqk / Cv / Nq / Nk", "fwd ms", "fwd+bwd ms"]
+    for rival in CPU_TARGET_RIVALS:
+        head += [f"vs {rival} fwd", "fwd+bwd"]
+    head += [f"fwd {unit}", "fwd % matmul"]
+    text = table(head, rows, left=2)
+    if is_num(mm):
+        text += (f"\n\nRatios: the other implementation's median time over sagan-attn's. Matmul roofline of this "
+                 f"run: {factor * mm:.3g} {unit} ({dtype}).")
+    return text
+
+
 def all_impls(run: Run, dtype: str, shapes: Sequence[str]) -> str:
     unit, factor = rate_unit(run)
     rows = []
@@ -419,8 +461,8 @@ def markdown(record: dict) -> str:
         "(the issue's convention; the exact backward count, 2 B Nq Nk (3 Cqk + 2 Cv), is about 2.1x the "
         "forward at Cqk = C/8, so backward fractions of the matmul read high). "
         "Variants: paper = Cv = C, Nk = N; pooled = official SAGAN/BigGAN code, Cv = C/2, keys and values "
-        "2x2 max-pooled, Nk = N/4; Cqk = C/8 in both. Ratios are the other time / sagan-attn's (above 1: "
-        "sagan-attn faster).",
+        "2x2 max-pooled, Nk = N/4; kv-pooled = Cv = C, keys and values 2x2 max-pooled; Cqk = C/8 in all. "
+        "Ratios are the other time / sagan-attn's (above 1: sagan-attn faster).",
     ]
     targets = record.get("targets") or evaluate_targets(run)
     lines += ["", "## Targets (issue 4), evaluated on this run", "",
@@ -430,6 +472,10 @@ def markdown(record: dict) -> str:
     for dtype in run.dtypes:
         if run.model_shapes():
             lines += ["", f"## Model shapes, {dtype}: sagan-attn", "", headline(run, dtype)]
+        if run.cpu_target_shapes():
+            lines += ["", f"## CPU targets, {dtype}: sagan-attn against {' and '.join(CPU_TARGET_RIVALS)}", "",
+                      cpu_targets(run, dtype)]
+        if run.model_shapes():
             lines += ["", f"## Model shapes, {dtype}: every implementation", "",
                       all_impls(run, dtype, run.model_shapes())]
         if run.scaling_shapes():

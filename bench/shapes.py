@@ -8,8 +8,13 @@ C is the block's input channels and Cqk = C / 8 in every variant. Two variants o
   paper   (Zhang et al. 2018, the notebook module): values Cv = C, keys and values at every position,
           Nk = Nq = H * W;
   pooled  (the official SAGAN code and BigGAN): values Cv = C / 2, keys and values 2x2 max-pooled,
-          Nk = Nq / 4 (followed by an output 1x1 conv back to C, outside the op).
+          Nk = Nq / 4 (followed by an output 1x1 conv back to C, outside the op);
+and a mix of the two, for a CPU target:
+  kv-pooled  the paper's values (Cv = C) with keys and values 2x2 max-pooled, Nk = Nq / 4
+             (``SelfAttention2d(C, pool_kv=True)``).
 Each row of the tables says which variant it is.
+
+Groups (for --only): models (the GAN blocks), cpu-target (the CPU targets, CPU runs only), scaling.
 """
 from __future__ import annotations
 
@@ -19,18 +24,20 @@ from typing import Iterable, List, Sequence
 
 PAPER = "paper"
 POOLED = "pooled"
+KV_POOLED = "kv-pooled"
+GROUPS = ("models", "cpu-target", "scaling")
 
 
 @dataclass(frozen=True)
 class Shape:
     name: str  # letters, digits and '-': used in tables, plots and --only
     model: str  # where the shape comes from, in words
-    group: str  # "models" or "scaling"
+    group: str  # one of GROUPS
     B: int
     C: int  # the block's input channels
     H: int
     W: int
-    variant: str  # PAPER or POOLED
+    variant: str  # PAPER, POOLED or KV_POOLED
 
     @property
     def Cqk(self) -> int:
@@ -46,7 +53,7 @@ class Shape:
 
     @property
     def Nk(self) -> int:
-        return (self.H // 2) * (self.W // 2) if self.variant == POOLED else self.Nq
+        return (self.H // 2) * (self.W // 2) if self.variant in (POOLED, KV_POOLED) else self.Nq
 
     @property
     def features(self) -> str:
@@ -76,8 +83,16 @@ MODEL_SHAPES: List[Shape] = [
     Shape("small-d", "small-d discriminator (Cqk=12)", "models", 64, 96, 64, 64, PAPER),
 ]
 
-# The CPU target of the issue: N = 4096 at B=4, C=64, float32.
-CPU_TARGET = Shape("cpu-target", "CPU target (issue 4)", "models", 4, 64, 64, 64, PAPER)
+# The CPU targets, float32, at 64x64 features (N = 4096): issue 4's B=4, C=64 (Cqk 8, Cv 64), and issue 14's
+# two more, the same with keys and values pooled (Nk = 1024) and B=1, C=128 (Cqk 16, Cv 128). The first
+# keeps the name "cpu-target": the CPU targets of issue 4 are evaluated on it.
+CPU_TARGET = Shape("cpu-target", "CPU target (issue 4)", "cpu-target", 4, 64, 64, 64, PAPER)
+CPU_TARGETS: List[Shape] = [
+    CPU_TARGET,
+    Shape("cpu-target-kv-pooled", "CPU target, keys and values pooled (issue 14)", "cpu-target", 4, 64, 64, 64,
+          KV_POOLED),
+    Shape("cpu-target-c128", "CPU target, C=128 (issue 14)", "cpu-target", 1, 128, 64, 64, PAPER),
+]
 
 # On a CPU the same blocks run at a 16th of the batch (at least 1): a CPU step at the GPU batch would
 # take minutes per shape, and what is compared (the implementations against each other) does not
@@ -113,7 +128,7 @@ def scaling_shapes(max_n: int, min_n: int = SCALING_MIN_N) -> List[Shape]:
 
 
 def shapes_for(device: str, quick: bool = False, max_n: int = 0) -> List[Shape]:
-    """The sweep's shapes for a device: the models (the CPU ones at a smaller B, plus the CPU target),
+    """The sweep's shapes for a device: the models (the CPU ones at a smaller B, plus the CPU targets),
     then the scaling sweep up to max_n (0: the device's default)."""
     models = list(MODEL_SHAPES)
     if quick:
@@ -122,7 +137,7 @@ def shapes_for(device: str, quick: bool = False, max_n: int = 0) -> List[Shape]:
         models = [replace(s, B=max(1, s.B // CPU_BATCH_DIVISOR)) for s in models]
         if quick:
             models = [replace(s, B=1) for s in models]
-        models.append(CPU_TARGET)
+        models += CPU_TARGETS
     limit = max_n or (QUICK_MAX_N if quick else DEFAULT_MAX_N)[device]
     scaling = scaling_shapes(limit, min_n=256 if quick else SCALING_MIN_N)
     return [s for s in models if s.Nq <= limit] + scaling

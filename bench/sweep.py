@@ -1,5 +1,6 @@
-"""The benchmark of record: sagan-attn against the notebook module, PyTorch SDPA and the dense-matmul
-roofline, on the attention blocks of published GANs and a scaling sweep over N.
+"""The benchmark of record: sagan-attn against the notebook module, PyTorch SDPA, FlexAttention and the
+dense-matmul roofline, on the attention blocks of published GANs, the CPU targets and a scaling sweep
+over N.
 
     python bench/sweep.py                  # GPU if there is one (bfloat16), else CPU (float32)
     python bench/sweep.py --quick          # a short sweep (the demo's)
@@ -8,7 +9,8 @@ roofline, on the attention blocks of published GANs and a scaling sweep over N.
 Writes bench/results/<device>-<date>.json (every figure, the machine, torch and CUDA versions, the git
 commit), .md (the tables and the targets of issue 4, evaluated on the run) and .png plots. Per shape it
 first checks every implementation's output against a float64 oracle (a wrong one is not timed), then
-times forward, backward and forward+backward and measures peak memory (see measure.py for how).
+times forward, backward and forward+backward and measures peak memory (sagan_attn.measure's meters;
+see bench/measure.py).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ if __package__ in (None, ""):  # run as a script, python bench/sweep.py: make `b
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+from sagan_attn.measure import cuda_peak, free_cuda, is_oom, mem_available_bytes, median_ms  # noqa: E402
 
 from bench import impls as I  # noqa: E402
 from bench import measure as M  # noqa: E402
@@ -39,16 +42,17 @@ GiB = 2**30
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python bench/sweep.py",
-        description="sagan-attn against the notebook module, SDPA (each backend) and the matmul roofline: "
-        "time, peak memory, TFLOP/s; writes JSON, Markdown and PNGs.",
+        description="sagan-attn against the notebook module, SDPA (each backend), FlexAttention and the matmul "
+        "roofline: time, peak memory, TFLOP/s; writes JSON, Markdown and PNGs.",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if available")
     p.add_argument("--dtype", default=None,
                    help="comma list (bfloat16, float16, float32, float64); default bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--quick", action="store_true",
-                   help="a short sweep: three model shapes (B=1 on CPU), scaling from N=256 to 4096 (CPU) / 16384")
+                   help="a short sweep: three model shapes (B=1 on CPU) and the CPU targets, scaling from N=256 to "
+                   "4096 (CPU) / 16384; without --only, flex (compiled per shape) is left out")
     p.add_argument("--only", default="",
-                   help="comma list of glob patterns over shape names, shape groups (models, scaling) and "
+                   help=f"comma list of glob patterns over shape names, shape groups ({', '.join(S.GROUPS)}) and "
                    f"implementations ({', '.join(I.IMPLS)}), e.g. 'biggan*,scaling,notebook,sagan-attn'")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"), help="folder of the results")
     p.add_argument("--max-n", type=int, default=0,
@@ -84,9 +88,11 @@ class Config:
         all_shapes = S.shapes_for(device, args.quick, args.max_n)
         self.shapes = S.select(all_shapes, shape_patterns)
         self.impls = [i for i in I.IMPLS if not impl_patterns or S.matches(i, impl_patterns)]
+        if args.quick and not patterns:  # the demo's smoke sweep: no compilation (10-30 s per shape)
+            self.impls = [i for i in self.impls if i not in I.COMPILED]
         if not self.shapes or not self.impls:
             raise SystemExit(f"bench/sweep.py: --only {args.only!r} selects no shape or no implementation; shapes: "
-                             f"{', '.join(s.name for s in all_shapes)} (groups models, scaling)")
+                             f"{', '.join(s.name for s in all_shapes)} (groups {', '.join(S.GROUPS)})")
         self.quick = args.quick
         self.repeats = args.repeats or (20 if gpu else 3)
         self.warmup = 3 if gpu else 1
@@ -94,7 +100,7 @@ class Config:
         self.budget_s = 0.0 if args.repeats else (0.3 if gpu or args.quick else 1.0)
         budget = args.mem_budget_gib if args.mem_budget_gib is not None else (None if gpu else 8.0)
         if budget is not None and not gpu:
-            avail = M.mem_available_bytes()
+            avail = mem_available_bytes()
             if avail:
                 budget = min(budget, 0.8 * avail / GiB)
         self.matmul_s = 0.05 if args.quick else 0.2  # CPU: the time one roofline product takes
@@ -121,8 +127,8 @@ def _numbers(r: dict, shape: S.Shape, matmul: float) -> None:
 
 def _timed(fn, cfg: Config, warmup: int):
     try:
-        return M.median_ms(fn, cfg.device, warmup, cfg.repeats, cfg.budget_s,
-                           min_repeats=5 if cfg.device == "cuda" else 3)
+        return median_ms(fn, cfg.device, warmup, cfg.repeats, cfg.budget_s,
+                         min_repeats=5 if cfg.device == "cuda" else 3)
     except (RuntimeError, NotImplementedError) as err:
         return "n/a (" + " ".join(str(err).split())[:160] + ")"
 
@@ -148,9 +154,9 @@ def run_item(shape: S.Shape, dtype_name: str, cfg: Config, matmul: float, bar=No
         try:
             impl, y = I.resolve(name, shape, inputs)
         except (RuntimeError, MemoryError) as err:
-            if not I.is_oom(err):
+            if not is_oom(err):
                 raise
-            M.free_cuda(cfg.device)
+            free_cuda(cfg.device)
             r["status"] = "OOM"
             continue
         if impl.fn is None:
@@ -163,24 +169,25 @@ def run_item(shape: S.Shape, dtype_name: str, cfg: Config, matmul: float, bar=No
         del y
         if err > tol:  # timed all the same, but report.Run compares it with nothing
             r["status"] = f"wrong (max rel err {err:.2e} > {tol:.0e})"
-        # CPU: the check just ran the forward (its warm-up), and the backward timing warms the
-        # forward+backward; CUDA: warm-up calls before every timing.
+        # CPU: the check just ran the forward (its warm-up; for a compiled implementation, its
+        # compilation, and one more call), and the backward timing warms the forward+backward; CUDA:
+        # warm-up calls before every timing.
         gpu = cfg.device == "cuda"
         steps = I.step_fns(impl.fn, inputs)
-        r["ms"]["fwd"] = _timed(steps["fwd"], cfg, cfg.warmup if gpu else 0)
+        r["ms"]["fwd"] = _timed(steps["fwd"], cfg, cfg.warmup if gpu or name in I.COMPILED else 0)
         try:
             bwd = I.backward_fn(impl.fn, inputs)
             r["ms"]["bwd"] = _timed(bwd, cfg, cfg.warmup)
         except (RuntimeError, MemoryError, NotImplementedError) as e:
-            r["ms"]["bwd"] = "OOM" if I.is_oom(e) else "n/a (" + " ".join(str(e).split())[:160] + ")"
+            r["ms"]["bwd"] = "OOM" if is_oom(e) else "n/a (" + " ".join(str(e).split())[:160] + ")"
         bwd = None
-        M.free_cuda(cfg.device)
-        r["ms"]["fwd+bwd"] = _timed(steps["fwd+bwd"], cfg, cfg.warmup if gpu else 0)
+        free_cuda(cfg.device)
+        r["ms"]["fwd+bwd"] = _timed(steps["fwd+bwd"], cfg, cfg.warmup if gpu or name in I.COMPILED else 0)
         if gpu:
             for st in ("fwd", "fwd+bwd"):
                 if report.is_num(r["ms"][st]):
                     steps["clear"]()
-                    m = M.cuda_peak(steps[st])
+                    m = cuda_peak(steps[st])
                     r["memory"][st] = dict(m, inputs=I.input_bytes(shape, dtype))
                 else:
                     r["memory"][st] = r["ms"][st]
@@ -189,7 +196,7 @@ def run_item(shape: S.Shape, dtype_name: str, cfg: Config, matmul: float, bar=No
         _numbers(r, shape, matmul)
         del steps
         gc.collect()
-        M.free_cuda(cfg.device)
+        free_cuda(cfg.device)
     if ready:
         if bar is not None:
             bar.set_postfix_str(f"{shape.name} {dtype_name} memory", refresh=True)
@@ -317,6 +324,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rec = report.Run(record)
         if rec.model_shapes():
             print(f"sagan-attn, model shapes, {d}:\n" + report.headline(rec, d) + "\n")
+        if rec.cpu_target_shapes():
+            print(f"sagan-attn, CPU targets, {d}:\n" + report.cpu_targets(rec, d) + "\n")
     print("written:\n  " + "\n  ".join(os.path.relpath(p) for p in record["files"]))
     wrong = [r for r in record["results"] if r["status"].startswith("wrong")]
     for r in wrong:

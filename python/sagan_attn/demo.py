@@ -7,10 +7,11 @@ For a few feature-map sizes it
       of the peak resident set size (VmHWM) of a fresh worker process over its resident size just
       before the step, with glibc told to hand every block of 64 KiB or more back to the system on
       free (``MALLOC_MMAP_THRESHOLD_``), so the peak is that of the live tensors, not of a reused heap.
+Time and memory are measured by ``sagan_attn.measure`` (the meters the benchmarks and tests use too).
 
 The baseline is the widely shared notebook's ``self_attn`` module, as the package's own bmm module
-``NotebookSelfAttention`` below: on ``sagan_attn.reference``, with the same convolutions and the same
-math (bmm, softmax, bmm), and it returns the map as the notebook does.
+``sagan_attn.baseline.NotebookSelfAttention``: on ``sagan_attn.reference``, with the same convolutions
+and the same math (bmm, softmax, bmm), and it returns the map as the notebook does.
 
 ``python -m sagan_attn --info`` prints what the extension was built with.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 
 import sagan_attn
-from sagan_attn import reference
+from sagan_attn import measure, reference
+from sagan_attn.baseline import NotebookSelfAttention
 from sagan_attn.modules import SelfAttention2d
 
 GAMMA = 0.5  # non-zero, so y depends on the attention branch (at the module's init, 0, y == x)
@@ -40,30 +41,7 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-MMAP_THRESHOLD = 64 * 1024
 _MEMORY_WORKER_FLAG = "--_memory-worker"
-
-
-class NotebookSelfAttention(nn.Module):
-    """The notebook's ``self_attn`` module, on ``sagan_attn.reference``: bmm, softmax, bmm.
-
-    Same parameters (``f``, ``g``, ``h``, ``gamma``) as ``SelfAttention2d``'s defaults, so one
-    ``state_dict`` serves both; like the notebook it returns ``(y, attention_map)``.
-    """
-
-    def __init__(self, in_channels: int, attn_channels: int) -> None:
-        super().__init__()
-        self.f = nn.Conv2d(in_channels, attn_channels, kernel_size=1)
-        self.g = nn.Conv2d(in_channels, attn_channels, kernel_size=1)
-        self.h = nn.Conv2d(in_channels, in_channels, kernel_size=1)
-        self.gamma = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        batch, channels, height, width = x.shape
-        y, beta = reference.self_attn_with_map(
-            self.f(x).flatten(2), self.g(x).flatten(2), self.h(x).flatten(2), x.flatten(2), self.gamma
-        )
-        return y.view(batch, channels, height, width), beta
 
 
 # -- set-up shared by the main process and the memory worker -------------------------------------------
@@ -111,13 +89,6 @@ def _step_fns(module: nn.Module, x: torch.Tensor, grad_y: torch.Tensor) -> Dict[
     return {"fwd": fwd, "fwd+bwd": fwd_bwd}
 
 
-def _is_oom(err: BaseException) -> bool:
-    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(err).lower()
-    return "out of memory" in text or "can't allocate memory" in text
-
-
 def _notebook_fits(batch: int, n: int, dtype: torch.dtype, device: str) -> bool:
     """Whether the notebook's maps fit in free memory: a training step peaks at 4 B x N x N maps (measured),
     5 are asked for, as headroom.
@@ -129,46 +100,11 @@ def _notebook_fits(batch: int, n: int, dtype: torch.dtype, device: str) -> bool:
     if device == "cuda":
         free, _ = torch.cuda.mem_get_info()
         return need < free
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return need < 0.8 * int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return True
+    available = measure.mem_available_bytes()
+    return available is None or need < 0.8 * available
 
 
 # -- (c) peak memory ---------------------------------------------------------------------------------
-
-
-def _proc_status_kib(key: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
-def cpu_peak_bytes(fn: Callable[[], None]) -> int:
-    """Peak resident-set growth while fn runs: VmHWM after it minus VmRSS before (Linux).
-
-    Meaningful in a process started with ``cpu_memory_env()`` (see the module docstring); bench/ uses it
-    too, so the demo and the benchmark measure CPU memory one way."""
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # resets VmHWM to the current VmRSS
-    before = _proc_status_kib("VmRSS")
-    fn()
-    return max(0, _proc_status_kib("VmHWM") - before) * 1024
-
-
-def cpu_memory_env() -> Dict[str, str]:
-    """The environment of a fresh worker process whose peak resident set measures live tensors: glibc
-    maps every block of MMAP_THRESHOLD or more on its own and unmaps it on free, and the worker uses
-    this process's thread count."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD), MALLOC_TRIM_THRESHOLD_=str(MMAP_THRESHOLD))
-    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
-    return env
 
 
 def _memory_worker(job_json: str) -> int:
@@ -187,86 +123,31 @@ def _memory_worker(job_json: str) -> int:
         _step_fns(module, small_x, small_grad_y)["fwd+bwd"]()
         fns["fwd"]()
         for step in ("fwd", "fwd+bwd"):
-            print(json.dumps({"kind": kind, "step": step, "bytes": cpu_peak_bytes(fns[step])}), flush=True)
+            measure.emit({"kind": kind, "step": step, "bytes": measure.cpu_peak_bytes(fns[step])})
         del module, x, grad_y, fns
     return 0
 
 
 def _memory_cpu(batch: int, channels: int, size: Tuple[int, int], dtype_name: str) -> Dict[Tuple[str, str], object]:
-    """Runs the memory worker; a result it could not give (killed, OOM) reads 'OOM'."""
+    """Runs the memory worker in a fresh process (measure.run_worker); a result it could not give (killed,
+    OOM) reads 'OOM'."""
     results: Dict[Tuple[str, str], object] = {}
-    if not os.path.exists("/proc/self/clear_refs"):
+    if not measure.cpu_peak_supported():
         return {(k, s): "n/a" for k in ("fused", "notebook") for s in ("fwd", "fwd+bwd")}
     kinds = ["fused", "notebook"]
     if not _notebook_fits(batch, size[0] * size[1], DTYPES[dtype_name], "cpu"):
         results.update({("notebook", s): "OOM" for s in ("fwd", "fwd+bwd")})
         kinds.remove("notebook")
     job = {"batch": batch, "channels": channels, "size": list(size), "dtype": dtype_name, "kinds": kinds}
-    env = cpu_memory_env()
-    proc = subprocess.run(
-        [sys.executable, "-m", "sagan_attn", _MEMORY_WORKER_FLAG, json.dumps(job)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    for line in proc.stdout.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
+    proc = measure.run_worker(["-m", "sagan_attn", _MEMORY_WORKER_FLAG, json.dumps(job)])
+    for rec in proc.records:
         results.setdefault((rec["kind"], rec["step"]), rec["bytes"])
-    failed = "OOM" if proc.returncode in (-9, 137) or _is_oom(RuntimeError(proc.stderr)) else "error"
+    failed = "OOM" if proc.killed_for_memory else "error"
     missing = [(k, s) for k in ("fused", "notebook") for s in ("fwd", "fwd+bwd") if (k, s) not in results]
     results.update({key: failed for key in missing})
     if missing and failed == "error":
         print(f"\n    memory worker failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}")
     return results
-
-
-def _memory_cuda(fn: Callable[[], None]) -> object:
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    try:
-        fn()
-        torch.cuda.synchronize()
-    except Exception as err:  # noqa: BLE001  (OOM is a result here)
-        if not _is_oom(err):
-            raise
-        torch.cuda.empty_cache()
-        return "OOM"
-    return torch.cuda.max_memory_allocated() - before
-
-
-# -- (b) timing ---------------------------------------------------------------------------------------
-
-
-def _median_ms(fn: Callable[[], None], device: str, min_reps: int, budget_s: float, max_reps: int = 50) -> object:
-    """Median wall time of fn in ms, after one warm-up call; at least min_reps runs, about budget_s."""
-
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    try:
-        fn()
-        sync()
-        times: List[float] = []
-        start = time.perf_counter()
-        while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t0)
-    except Exception as err:  # noqa: BLE001  (OOM is a result here)
-        if not _is_oom(err):
-            raise
-        if device == "cuda":
-            torch.cuda.empty_cache()
-        return "OOM"
-    return 1e3 * statistics.median(times)
 
 
 # -- (a) accuracy -------------------------------------------------------------------------------------
@@ -563,14 +444,16 @@ def run(cfg: Config) -> int:
             module = _build(kind, cfg.channels, dtype, cfg.device)
             fns = _step_fns(module, x, grad_y)
             for step in ("fwd", "fwd+bwd"):
-                ms[(kind, step)] = _median_ms(fns[step], cfg.device, cfg.min_reps, cfg.budget_s)
+                # one warm-up call; at least min_reps timed, more until budget_s, at most 50
+                ms[(kind, step)] = measure.median_ms(fns[step], cfg.device, warmup=1, repeats=cfg.min_reps,
+                                                     budget_s=cfg.budget_s, max_repeats=50)
                 if cfg.device == "cuda":
-                    mem[(kind, step)] = _memory_cuda(fns[step])
+                    mem[(kind, step)] = measure.cuda_peak(fns[step])["extra"]
             try:
                 with torch.no_grad():
                     outputs[kind] = _output(module, x)
             except Exception as err:  # noqa: BLE001
-                if not _is_oom(err):
+                if not measure.is_oom(err):
                     raise
             del module, fns
         if len(outputs) == 2:
@@ -601,7 +484,7 @@ def run(cfg: Config) -> int:
         what = "torch.cuda.max_memory_allocated() during the step, minus memory_allocated() before it"
     else:
         what = (f"peak RSS growth (VmHWM - VmRSS before the step) in a fresh process, "
-                f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD // 1024}KiB")
+                f"MALLOC_MMAP_THRESHOLD_={measure.MMAP_THRESHOLD // 1024}KiB")
     print(f"peak memory: MiB, {what}")
     print(_table(
         ["size", "N", "dtype", "fwd fused", "notebook", "ratio", "fwd+bwd fused", "notebook", "ratio",
@@ -644,22 +527,10 @@ def _git_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def cpu_model() -> Optional[str]:
-    """The CPU's model name from /proc/cpuinfo, or None where there is none (the bench records it too)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def _device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return cpu_model() or "cpu"
+    return measure.cpu_model() or "cpu"
 
 
 def _write_record(path: str, cfg: Config, accs: Sequence[Accuracy], rows: Sequence[Row]) -> None:

@@ -35,7 +35,6 @@ import contextlib
 import json
 import os
 import random
-import resource
 import sys
 import time
 from collections import deque
@@ -49,6 +48,7 @@ import torch.nn as nn
 import sagan_attn
 from sagan_attn import distributed, figures
 from sagan_attn.data import StepBatchSampler, load_dataset
+from sagan_attn.measure import PeakMemory  # the run's peak: CUDA allocated, CPU VmHWM
 from sagan_attn.models import (
     ATTENTION_IMPLS,
     ATTENTION_VARIANTS,
@@ -231,51 +231,6 @@ def set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-
-
-def _proc_status_kib(key: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-class PeakMemory:
-    """Peak memory of the run: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU the peak resident set
-    of the process (VmHWM, reset at the start of training where Linux allows it; else ru_maxrss)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.baseline = 0
-
-    def start(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.baseline = torch.cuda.memory_allocated(self.device)
-            return
-        try:
-            with open("/proc/self/clear_refs", "w") as clear_refs:
-                clear_refs.write("5")  # VmHWM := VmRSS, so the peak is that of the training loop
-        except OSError:
-            pass
-        self.baseline = (_proc_status_kib("VmRSS") or 0) * 1024
-
-    def peak(self) -> int:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device)
-        hwm = _proc_status_kib("VmHWM")
-        if hwm is not None:
-            return hwm * 1024
-        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return maxrss if sys.platform == "darwin" else maxrss * 1024
-
-    @property
-    def what(self) -> str:
-        return "max CUDA memory allocated" if self.device.type == "cuda" else "peak RSS of the process"
 
 
 def _mib(n: int) -> float:

@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from bench import report, shapes  # noqa: E402
-from bench.impls import FUSED, flops  # noqa: E402
+from bench.impls import FLEX, FUSED, flops  # noqa: E402
 
 # one model shape (B=1, N=1024) and two points of the scaling sweep; the notebook, the fused op, and SDPA's
 # flash backend, which refuses these shapes (Cqk != Cv)
@@ -137,11 +137,66 @@ def test_shape_lists():
     cpu = shapes.shapes_for("cpu")
     assert [s.Nq for s in gpu if s.group == "scaling"] == [2**k for k in range(10, 19)]
     assert [s.Nq for s in cpu if s.group == "scaling"] == [2**k for k in range(10, 15)]
-    assert {s.name for s in gpu if s.group == "models"} | {"cpu-target"} == {s.name for s in cpu if s.group == "models"}
+    assert {s.name for s in gpu if s.group == "models"} == {s.name for s in cpu if s.group == "models"}
     assert all(c.B == max(1, g.B // 16) for g in gpu for c in cpu if c.name == g.name)
     target = next(s for s in cpu if s.name == "cpu-target")
     assert (target.B, target.C, target.Nq) == (4, 64, 4096)
+    # the CPU targets (issues 4 and 14), CPU only, selected by --only cpu-target
+    assert not [s for s in gpu if s.group == "cpu-target"]
+    for quick in (False, True):
+        targets = shapes.select(shapes.shapes_for("cpu", quick), ["cpu-target"])
+        assert [(s.B, s.Cqk, s.Cv, s.Nq, s.Nk) for s in targets] == [
+            (4, 8, 64, 4096, 4096), (4, 8, 64, 4096, 1024), (1, 16, 128, 4096, 4096)]
     assert [s.name for s in shapes.select(cpu, ["biggan-deep*"])] == ["biggan-deep-pooled", "biggan-deep"]
+
+
+def test_flex_on_a_small_shape(tmp_path):
+    """flex (FlexAttention under torch.compile) through the sweep's own steps on a small shape with
+    Cqk != Cv and Nk != Nq: its output passes the float64 oracle check, its forward is timed and measured,
+    and on the CPU, where FlexAttention has no backward, bwd and fwd+bwd are recorded as "n/a (...)"."""
+    from bench import sweep
+
+    cfg = sweep.Config(sweep._parser().parse_args(
+        ["--device", "cpu", "--repeats", "1", "--only", f"{FLEX},{FUSED}", "--no-progress", "--out", str(tmp_path)]))
+    shape = shapes.Shape("flex-check", "", "models", 2, 64, 8, 12, shapes.KV_POOLED)  # Cqk 8, Cv 64, Nk 24
+    results = {r["impl"]: r for r in sweep.run_item(shape, "float32", cfg, matmul=1.0)}
+    flex = results[FLEX]
+    if flex["status"].startswith("n/a"):
+        pytest.skip(f"FlexAttention cannot compile here: {flex['status']}")
+    assert flex["status"] == "ok", flex["status"]
+    assert flex["check"]["ok"] and flex["check"]["rel_err"] <= flex["check"]["tol"] == 1e-4
+    assert flex["ms"]["fwd"] > 0 and flex["memory"]["fwd"]["extra"] >= 0
+    for step in ("bwd", "fwd+bwd"):
+        ms = flex["ms"][step]
+        assert report.is_num(ms) or ms.startswith("n/a ("), ms
+    if report.is_num(flex["ms"]["fwd+bwd"]):  # a torch with FlexAttention's CPU backward
+        assert report.is_num(flex["memory"]["fwd+bwd"]["extra"])
+    else:
+        assert "backward" in flex["ms"]["fwd+bwd"] and flex["memory"]["fwd+bwd"]["extra"].startswith("n/a (")
+    assert results[FUSED]["status"] == "ok" and results[FUSED]["check"]["ok"]
+
+
+def test_cpu_target_table():
+    """The CPU targets' table: sagan-attn's ratios against sdpa-flash-pad and flex, and its forward rate
+    as a fraction of the run's matmul roofline; a step flex cannot run reads n/a."""
+    record = _fake_record(1000.0, 400.0, 1000, 40)
+    na = "n/a (FlexAttention does not support backward on CPU.)"
+    for impl, fwd in (("sdpa-flash-pad", 150.0), (FLEX, 200.0)):
+        ms = {"fwd": fwd, "bwd": na if impl == FLEX else 300.0, "fwd+bwd": na if impl == FLEX else 800.0}
+        record["results"].append({"shape": "cpu-target", "dtype": "float32", "impl": impl, "status": "ok",
+                                  "ms": ms, "memory": {}, "tflops": {}, "matmul_fraction": {}})
+    fused = next(r for r in record["results"] if r["impl"] == FUSED)
+    fused["tflops"], fused["matmul_fraction"] = {"fwd": 0.05}, {"fwd": 0.25}
+    record["matmul"] = {"float32": {"tflops": 0.2}}
+    run = report.Run(record)
+    assert run.cpu_target_shapes() == ["cpu-target"] and "cpu-target" in run.model_shapes()
+    text = report.cpu_targets(run, "float32")
+    row = next(line for line in text.splitlines() if line.startswith("| cpu-target"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    fused_fwd = 400.0 / 3
+    assert cells[4:8] == [f"{150 / fused_fwd:.2f}x", "2.00x", f"{200 / fused_fwd:.2f}x", "n/a"], cells
+    assert cells[8:] == ["50", "25%"], cells
+    assert "200 GFLOP/s" in text
 
 
 def _fake_record(nb_ms: float, fused_ms: float, nb_mem: int, fused_mem: int) -> dict:

@@ -1,9 +1,12 @@
 """Second derivatives of torch.ops.sagan.self_attn (gradient penalties: R1, WGAN-GP) through the fused
-double backward, sagan::self_attn_double_backward (CPU: tile by tile, O(N) memory).
+double backward, sagan::self_attn_double_backward (tile by tile, O(N) memory: the CPU kernels, and the
+CUDA SIMT kernels).
 
 Oracles: torch.autograd.gradgradcheck (finite differences) in float64 on awkward shapes, and the second
 derivatives of the composite reference (sagan_attn.reference, autograd of bmm-softmax-bmm) on larger
-ones, in float64 and float32. A memory test runs an R1-style step at N = 16384 in a fresh process.
+ones, in float64 and float32, and bfloat16/float16 under the style rule. Tests that take the `device`
+fixture run on the CPU and, where a GPU is visible, on CUDA. A memory test runs an R1-style step at
+N = 16384 in a fresh process (CPU).
 """
 from __future__ import annotations
 
@@ -17,25 +20,34 @@ import torch
 
 import sagan_attn
 from sagan_attn import reference
-from sagan_attn.demo import cpu_memory_env
+from sagan_attn.measure import cpu_memory_env
 
 from conftest import make_inputs
+from op_testing import assert_style_rule
 
 OP = torch.ops.sagan.self_attn
 DBWD = torch.ops.sagan.self_attn_double_backward
 
 
-def second_derivatives(fn, inputs, scale, seed=0):
+def second_derivatives(fn, inputs, scale, seed=0, round_to=None):
     """d/d(inputs) of L = sum_k <grad_k, w_k>, grad_k the first derivatives (create_graph) of
-    <fn(inputs), dy>, with fixed random dy and w_k: one vector-Hessian product of every input."""
+    <fn(inputs), dy>, with fixed random dy and w_k (drawn on the CPU, rounded to ``round_to`` first if
+    given, so that runs in several dtypes differentiate the same L): one vector-Hessian product of
+    every input, on the inputs' device."""
     gen = torch.Generator().manual_seed(seed)
     leaves = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
     present = [t for t in leaves if t is not None]
     y = fn(*leaves, scale)
-    dy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.dtype)
+
+    def draw(like):
+        r = torch.randn(like.shape, generator=gen, dtype=torch.float64)
+        if round_to is not None:
+            r = r.to(round_to)
+        return r.to(device=like.device, dtype=like.dtype)
+
+    dy = draw(y)
     grads = torch.autograd.grad(y, present, dy, create_graph=True)
-    loss = sum((gr * torch.randn(gr.shape, generator=gen, dtype=torch.float64).to(gr.dtype)).sum()
-               for gr in grads)
+    loss = sum((gr * draw(gr)).sum() for gr in grads)
     out = torch.autograd.grad(loss, present, allow_unused=True)
     return [torch.zeros_like(t) if o is None else o for t, o in zip(present, out)]
 
@@ -51,8 +63,9 @@ GRADGRAD_CASES = [
 
 @pytest.mark.parametrize("B,Cqk,Cv,Nq,Nk,with_x,gamma,scale", [c[1:] for c in GRADGRAD_CASES],
                          ids=[c[0] for c in GRADGRAD_CASES])
-def test_gradgradcheck(B, Cqk, Cv, Nq, Nk, with_x, gamma, scale):
-    inputs = make_inputs(B, Cqk, Cv, Nq, Nk, torch.float64, with_x=with_x, gamma=gamma, requires_grad=True, seed=3)
+def test_gradgradcheck(B, Cqk, Cv, Nq, Nk, with_x, gamma, scale, device):
+    inputs = make_inputs(B, Cqk, Cv, Nq, Nk, torch.float64, with_x=with_x, gamma=gamma, requires_grad=True, seed=3,
+                         device=device)
     present = tuple(t for t in inputs if t is not None)
 
     def fn(*a):
@@ -60,10 +73,14 @@ def test_gradgradcheck(B, Cqk, Cv, Nq, Nk, with_x, gamma, scale):
         args = [next(it) if t is not None else None for t in inputs]
         return OP(*args, scale)
 
-    assert torch.autograd.gradgradcheck(fn, present)
+    # gradgradcheck runs the backward twice and wants the same result: bitwise on the CPU; on CUDA the
+    # first backward (applied to d_dy on the way back) sums grad_f with float64 atomics outside
+    # deterministic mode, as in test_op.py's gradgradcheck: 1e-12 there.
+    assert torch.autograd.gradgradcheck(fn, present, nondet_tol=0.0 if device == "cpu" else 1e-12)
 
 
-# Larger, tile-crossing shapes (query tiles of 64, key tiles of 128), against the composite reference.
+# Larger, tile-crossing shapes (CPU: query tiles of 64, key tiles of 128; CUDA: 64 x 64 tiles, channel
+# chunks of 64 or 128), against the composite reference.
 LARGE_CASES = [
     ("N97prime_Cv256", 1, 8, 256, 97, 97, True, 0.7, 1.0),
     ("Nq131_Nk300_Cqk3_B3", 3, 3, 16, 131, 300, False, 1.1, 0.5),
@@ -75,8 +92,8 @@ LARGE_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("B,Cqk,Cv,Nq,Nk,with_x,gamma,scale", [c[1:] for c in LARGE_CASES],
                          ids=[c[0] for c in LARGE_CASES])
-def test_second_derivatives_match_composite_reference(B, Cqk, Cv, Nq, Nk, with_x, gamma, scale, dtype):
-    inputs = make_inputs(B, Cqk, Cv, Nq, Nk, dtype, with_x=with_x, gamma=gamma, seed=11)
+def test_second_derivatives_match_composite_reference(B, Cqk, Cv, Nq, Nk, with_x, gamma, scale, dtype, device):
+    inputs = make_inputs(B, Cqk, Cv, Nq, Nk, dtype, with_x=with_x, gamma=gamma, seed=11, device=device)
     got = second_derivatives(OP, inputs, scale)
     want = second_derivatives(reference.self_attn, [None if t is None else t.double() for t in inputs], scale)
     # float64: rounding only. float32: the fused passes sum O(Nk (Cqk + Cv)) float32 products per
@@ -89,15 +106,38 @@ def test_second_derivatives_match_composite_reference(B, Cqk, Cv, Nq, Nk, with_x
         assert err <= rtol * max(top, 1e-30), f"input {k}: max abs err {err:.3e} > {rtol:.0e} * {top:.3e}"
 
 
-def test_double_backward_op_equals_reference_formula_and_opcheck():
-    """The op itself (CPU fused kernel) against the closed form's autograd, and opcheck."""
-    inputs = make_inputs(2, 5, 7, 70, 140, torch.float64, seed=4)
+LOW_CASES = [
+    ("N97_Cv40", 1, 8, 40, 97, 97, True, 0.7, 1.0),
+    ("Nq70_Nk130_Cqk1_B2", 2, 1, 12, 70, 130, False, -0.9, 0.5),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("B,Cqk,Cv,Nq,Nk,with_x,gamma,scale", [c[1:] for c in LOW_CASES],
+                         ids=[c[0] for c in LOW_CASES])
+def test_second_derivatives_low_precision(B, Cqk, Cv, Nq, Nk, with_x, gamma, scale, dtype, device):
+    """bfloat16 / float16 (computed in float32, CPU and CUDA): the style rule against the float64 oracle
+    on the same rounded inputs and cotangents, next to the reference's own second derivatives in dtype."""
+    inputs = make_inputs(B, Cqk, Cv, Nq, Nk, dtype, with_x=with_x, gamma=gamma, seed=12, device=device)
+    got = second_derivatives(OP, inputs, scale, round_to=dtype)
+    as64 = [None if t is None else t.double() for t in inputs]
+    oracle = second_derivatives(reference.self_attn, as64, scale, round_to=dtype)
+    low = second_derivatives(reference.self_attn, inputs, scale, round_to=dtype)
+    for k, (a, e, r) in enumerate(zip(got, oracle, low)):
+        assert a.dtype == dtype, f"input {k}: dtype {a.dtype}"
+        assert_style_rule(a, r, e, dtype, what=f"input {k}")
+
+
+def test_double_backward_op_equals_reference_formula_and_opcheck(device):
+    """The op itself (the fused kernel of the device) against the closed form's autograd, and opcheck."""
+    inputs = make_inputs(2, 5, 7, 70, 140, torch.float64, seed=4, device=device)
     f, g, h, x, gamma = inputs
     _, o, lse = torch.ops.sagan.self_attn_fwd(f, g, h, x, gamma, 0.9)
     gen = torch.Generator().manual_seed(5)
-    rnd = lambda t: torch.randn(t.shape, generator=gen, dtype=torch.float64)
+    rnd = lambda t: torch.randn(t.shape, generator=gen, dtype=torch.float64).to(device)
     dy = rnd(o)
-    uf, ug, uh, ugamma = rnd(f), rnd(g), rnd(h), torch.tensor(0.3, dtype=torch.float64)
+    uf, ug, uh = rnd(f), rnd(g), rnd(h)
+    ugamma = torch.tensor(0.3, dtype=torch.float64, device=device)
     args = (uf, ug, uh, ugamma, dy, f, g, h, o, lse, gamma, 0.9)
     got = DBWD(*args)
     leaves = [t.clone().requires_grad_() for t in (dy, f, g, h, gamma)]
@@ -108,6 +148,22 @@ def test_double_backward_op_equals_reference_formula_and_opcheck():
     for k, (a, e) in enumerate(zip(got, want)):
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-11, msg=f"output {k}")
     torch.library.opcheck(DBWD, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_double_backward_op_is_bitwise_reproducible(dtype, device):
+    """Two calls of the op give bitwise equal results outside deterministic mode too: every output
+    element is summed in a fixed order (CPU: work split by shape only; CUDA: one block per element, no
+    atomics, d_gamma by one block)."""
+    f, g, h, x, gamma = make_inputs(2, 8, 72, 97, 150, dtype, seed=13, device=device)
+    _, o, lse = torch.ops.sagan.self_attn_fwd(f, g, h, x, gamma, 0.8)
+    gen = torch.Generator().manual_seed(14)
+    rnd = lambda t: torch.randn(t.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    args = (rnd(f), rnd(g), rnd(h), torch.tensor(0.4, dtype=dtype, device=device), rnd(o), f, g, h, o, lse,
+            gamma, 0.8)
+    first, second = DBWD(*args), DBWD(*args)
+    for k, (a, b) in enumerate(zip(first, second)):
+        assert torch.equal(a, b), f"output {k}: max abs diff {(a.double() - b.double()).abs().max():.3e}"
 
 
 def test_first_backward_under_create_graph_is_fused_and_equal():
@@ -171,7 +227,7 @@ MEMORY_SCRIPT = textwrap.dedent(
     import json, sys
     import torch
     import sagan_attn
-    from sagan_attn.demo import cpu_peak_bytes  # the package's one CPU peak-memory meter
+    from sagan_attn.measure import cpu_peak_bytes  # the package's one CPU peak-memory meter
 
     N, B, Cqk, Cv = int(sys.argv[1]), 1, 8, 64
     op = torch.ops.sagan.self_attn

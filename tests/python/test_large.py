@@ -73,27 +73,20 @@ def test_element_offsets_past_2_31(tmp_path):
 
 # --------------------------------------------------------------------------------------------------
 # N = 65536 forward + backward. Measured in a fresh subprocess as tests/python/test_memory.py does
-# (peak RSS reset through /proc/self/clear_refs; growth = VmHWM after - VmRSS before), with the fused
-# kernels called as autograd calls them (sagan.self_attn_fwd, then sagan.self_attn_backward), so the
-# check below has o and lse; test_memory.py measures the autograd path itself at N = 16384.
+# (sagan_attn.measure.cpu_peak_bytes: peak RSS reset through /proc/self/clear_refs; growth = VmHWM
+# after - VmRSS before), with the fused kernels called as autograd calls them (sagan.self_attn_fwd,
+# then sagan.self_attn_backward), so the check below has o and lse; test_memory.py measures the
+# autograd path itself at N = 16384.
 
 N = 65536
 NXN_BYTES = N * N * 4  # one float32 attention map: 16 GiB
 
 SCRIPT = textwrap.dedent(
     r"""
-    import json, re, sys, time
+    import json, sys, time
     import torch
     import sagan_attn
-
-    def status():
-        s = open("/proc/self/status").read()
-        kb = lambda key: int(re.search(key + r":\s+(\d+) kB", s).group(1))
-        return kb("VmHWM") * 1024, kb("VmRSS") * 1024
-
-    def reset_peak():
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
+    from sagan_attn.measure import cpu_peak_bytes  # VmHWM after the call - VmRSS before it
 
     N, B, Cqk, Cv, scale = int(sys.argv[1]), 1, 4, 8, 0.5
     fwd, bwd = torch.ops.sagan.self_attn_fwd, torch.ops.sagan.self_attn_backward
@@ -109,20 +102,19 @@ SCRIPT = textwrap.dedent(
     gamma = torch.tensor(0.5)
     dy = rnd(B, Cv, N)
 
-    reset_peak()
-    _, rss0 = status()
-    block = torch.ones(64, 1024, 1024)  # 256 MiB: the meter must see it
-    control = status()[0] - rss0
-    del block
+    control = cpu_peak_bytes(lambda: torch.ones(64, 1024, 1024))  # 256 MiB: the meter must see it
 
-    reset_peak()
-    _, rss_before = status()
-    t0 = time.time()
-    y, o, lse = fwd(f, g, h, None, gamma, scale)
-    t1 = time.time()
-    df, dg, dh, dgamma = bwd(dy, f, g, h, o, lse, gamma, scale)
-    t2 = time.time()
-    growth = status()[0] - rss_before
+    out = {}
+
+    def step():
+        t0 = time.time()
+        out["fwd"] = fwd(f, g, h, None, gamma, scale)
+        t1 = time.time()
+        out["bwd"] = bwd(dy, f, g, h, out["fwd"][1], out["fwd"][2], gamma, scale)
+        out["t"] = (t0, t1, time.time())
+
+    growth = cpu_peak_bytes(step)
+    (y, o, lse), (df, dg, dh, dgamma), (t0, t1, t2) = out["fwd"], out["bwd"], out["t"]
 
     # Check against float64 on 64 sampled query rows (i) and key columns (j). Rows: the logits of
     # the row against all N keys give y, o, lse and df. Columns need p_ij for all i: from the

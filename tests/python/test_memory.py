@@ -1,9 +1,9 @@
 """Memory of the fused op: forward + backward at N = 16384 must stay far below the N x N map.
 
-Measured in a fresh subprocess (so nothing this pytest process did earlier pollutes the numbers) from
-/proc/self/status: the peak resident set (VmHWM) is reset through /proc/self/clear_refs just before
-the measured call, and the growth is VmHWM after the call minus VmRSS before it. The same script
-first proves that the meter sees an allocation of the size it is meant to catch.
+Measured in a fresh subprocess (so nothing this pytest process did earlier pollutes the numbers) by the
+package's meter, sagan_attn.measure.cpu_peak_bytes: the peak resident set (VmHWM) is reset through
+/proc/self/clear_refs just before the measured call, and the growth is VmHWM after the call minus VmRSS
+before it. The same script first proves that the meter sees an allocation of the size it is meant to catch.
 """
 from __future__ import annotations
 
@@ -20,19 +20,11 @@ NXN_BYTES = N * N * 4  # one float32 attention map: 1 GiB
 
 SCRIPT = textwrap.dedent(
     r"""
-    import json, re, sys
+    import json, sys
     import torch
     import sagan_attn
     from sagan_attn import reference
-
-    def status():
-        s = open("/proc/self/status").read()
-        kb = lambda key: int(re.search(key + r":\s+(\d+) kB", s).group(1))
-        return kb("VmHWM") * 1024, kb("VmRSS") * 1024
-
-    def reset_peak():
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # resets VmHWM to the current VmRSS (Linux >= 4.0)
+    from sagan_attn.measure import cpu_peak_bytes  # VmHWM after the call - VmRSS before it
 
     N, B, Cqk, Cv = int(sys.argv[1]), 1, 8, 64
     op = torch.ops.sagan.self_attn
@@ -51,18 +43,16 @@ SCRIPT = textwrap.dedent(
     grad_y = torch.randn(B, Cv, N, generator=torch.Generator().manual_seed(2))
 
     # Control: the meter must see a 256 MiB allocation once it is touched.
-    reset_peak()
-    _, rss0 = status()
-    block = torch.ones(64, 1024, 1024)  # 256 MiB of float32
-    control = status()[0] - rss0
-    del block
+    control = cpu_peak_bytes(lambda: torch.ones(64, 1024, 1024))  # 256 MiB of float32
 
-    reset_peak()
-    _, rss_before = status()
-    y = op(f, g, h, x, gamma, 1.0)
-    y.backward(grad_y)
-    peak_after, _ = status()
-    growth = peak_after - rss_before
+    out = {}
+
+    def step():
+        out["y"] = op(f, g, h, x, gamma, 1.0)
+        out["y"].backward(grad_y)
+
+    growth = cpu_peak_bytes(step)
+    y = out["y"]
 
     # The big-N results are right too: 64 query columns against the float64 reference.
     with torch.no_grad():

@@ -138,7 +138,7 @@ def test_return_attention_matches_the_notebook_map_and_warns(notebook_cls, devic
 
 def test_demo_baseline_is_the_notebook(notebook_cls):
     # The demo times a copy of the notebook built on sagan_attn.reference; it must be the same module.
-    from sagan_attn.demo import NotebookSelfAttention
+    from sagan_attn.baseline import NotebookSelfAttention
 
     nb, _ = _notebook_and_ours(notebook_cls, 16, 2, torch.float64)
     baseline = NotebookSelfAttention(16, 2).double()
