@@ -15,7 +15,6 @@
 
 #include <array>
 
-#include "csrc/reference/self_attn_reference.h"
 #include "csrc/self_attn_check.h"
 #include "csrc/self_attn_kernel_args.h"
 #include "kernels/cuda/self_attn_cuda.h"
@@ -89,20 +88,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cu
   return {t.df, t.dg, t.dh, dgamma.to(t.gamma.scalar_type()).reshape(gamma_in.sizes())};
 }
 
-// Not fused on CUDA yet: the composite reference (it materialises (B, Nq, Nk) maps), in the
-// accumulate dtype.
+// The fused double backward (kernels/cuda/simt/self_attn_simt_double_bwd_kernel.cuh): O(B C N) memory,
+// no (B, Nq, Nk) map; its SIMT kernels take every shape and dtype the checks allow, so there is no
+// composite fallback here. ugamma is read on the host (item(): one synchronisation) because the params
+// struct carries it by value; the rest stays on the device.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_double_backward_cuda(
-    const at::Tensor& uf, const at::Tensor& ug, const at::Tensor& uh, const at::Tensor& ugamma,
-    const at::Tensor& grad_y, const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
-    const at::Tensor& o, const at::Tensor& lse, const at::Tensor& gamma, double scale) {
-  check_self_attn_double_backward_args(uf, ug, uh, ugamma, grad_y, f, g, h, o, lse, gamma, scale);
-  const c10::cuda::CUDAGuard guard(f.device());
+    const at::Tensor& uf_in, const at::Tensor& ug_in, const at::Tensor& uh_in,
+    const at::Tensor& ugamma_in, const at::Tensor& grad_y_in, const at::Tensor& f_in,
+    const at::Tensor& g_in, const at::Tensor& h_in, const at::Tensor& o_in, const at::Tensor& lse_in,
+    const at::Tensor& gamma_in, double scale) {
+  check_self_attn_double_backward_args(uf_in, ug_in, uh_in, ugamma_in, grad_y_in, f_in, g_in, h_in,
+                                       o_in, lse_in, gamma_in, scale);
+  const c10::cuda::CUDAGuard guard(f_in.device());
+  const at::Tensor dy = n_contiguous(grad_y_in), f = n_contiguous(f_in), g = n_contiguous(g_in),
+                   h = n_contiguous(h_in), o = n_contiguous(o_in), lse = lse_in.contiguous(),
+                   gamma = gamma_in.contiguous();
+  // The cotangents are read contiguous (autograd's gradients mostly are).
+  const at::Tensor uf = uf_in.contiguous(), ug = ug_in.contiguous(), uh = uh_in.contiguous();
   const auto dtype = f.scalar_type();
-  const auto acc = self_attn_accum_type(dtype);
-  auto [d_dy, d_f, d_g, d_h, d_gamma] = reference::self_attn_double_backward(
-      uf.to(acc), ug.to(acc), uh.to(acc), ugamma.to(acc), grad_y.to(acc), f.to(acc), g.to(acc),
-      h.to(acc), gamma.to(acc), scale);
-  return {d_dy.to(dtype), d_f.to(dtype), d_g.to(dtype), d_h.to(dtype), d_gamma.to(dtype)};
+  const int64_t B = f.size(0), Cqk = f.size(1), Nq = f.size(2), Nk = g.size(2), Cv = h.size(1);
+  at::Tensor rowstats = at::empty({4, B, Nq}, f.options().dtype(self_attn_accum_type(dtype)));
+  at::Tensor d_dy = at::empty({B, Cv, Nq}, f.options()), d_f = at::empty({B, Cqk, Nq}, f.options()),
+             d_g = at::empty({B, Cqk, Nk}, f.options()), d_h = at::empty({B, Cv, Nk}, f.options());
+  at::Tensor d_gamma = at::empty({}, f.options().dtype(at::kDouble));
+
+  kernels::SelfAttnDoubleBwdParams p;
+  p.B = B; p.Cqk = Cqk; p.Cv = Cv; p.Nq = Nq; p.Nk = Nk;
+  p.dy = dy.const_data_ptr(); p.dy_sb = dy.stride(0); p.dy_sc = dy.stride(1);
+  p.f = f.const_data_ptr(); p.f_sb = f.stride(0); p.f_sc = f.stride(1);
+  p.g = g.const_data_ptr(); p.g_sb = g.stride(0); p.g_sc = g.stride(1);
+  p.h = h.const_data_ptr(); p.h_sb = h.stride(0); p.h_sc = h.stride(1);
+  p.o = o.const_data_ptr(); p.o_sb = o.stride(0); p.o_sc = o.stride(1);
+  p.lse = lse.const_data_ptr<double>();
+  p.gamma = gamma.const_data_ptr();
+  p.uf = uf.const_data_ptr(); p.ug = ug.const_data_ptr(); p.uh = uh.const_data_ptr();
+  p.ugamma = ugamma_in.item<double>();
+  p.rowstats = rowstats.mutable_data_ptr();
+  p.d_dy = d_dy.mutable_data_ptr(); p.d_f = d_f.mutable_data_ptr(); p.d_g = d_g.mutable_data_ptr();
+  p.d_h = d_h.mutable_data_ptr(); p.d_gamma = d_gamma.mutable_data_ptr<double>();
+  p.scale = scale;
+  C10_CUDA_CHECK(kc::self_attn_double_bwd(kernel_dtype(dtype), p, c10::cuda::getCurrentCUDAStream()));
+  return {d_dy, d_f, d_g, d_h, d_gamma.to(gamma.scalar_type()).reshape(gamma_in.sizes())};
 }
 
 }  // namespace

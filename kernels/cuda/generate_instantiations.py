@@ -3,7 +3,7 @@
 
 Each (family, dtype[, padded Cqk]) of the table below becomes one .cu file under
 kernels/cuda/<family>/instantiations/ (so that the build compiles them in parallel and a change of one
-recompiles one), plus:
+recompiles one), the SIMT double backward one more per dtype, plus:
   kernels/cuda/self_attn_cuda_instantiations.h      extern template declarations of every launcher,
                                                     and the padded Cqk list of the tensor-core kernels
                                                     that the dispatch (self_attn_cuda_dispatch.cu)
@@ -27,6 +27,8 @@ HERE = "kernels/cuda"
 # tensor-core kernels (each Cqk runs on the smallest padded size that holds it; larger Cqk: SIMT).
 DTYPES = {"f32": "float", "f64": "double", "f16": "__half", "bf16": "__nv_bfloat16"}
 SIMT_DTYPES = ["f32", "f64", "f16", "bf16"]
+# The double backward (gradient penalties) has SIMT kernels only, for every dtype.
+SIMT_DOUBLE_BWD_DTYPES = ["f32", "f64", "f16", "bf16"]
 MMA_DTYPES = ["f16", "bf16"]
 MMA_CQKS = [16, 32, 64, 128]
 
@@ -46,6 +48,20 @@ def simt_file(dt: str) -> tuple[str, str]:
         + "}  // namespace sagan::kernels::cuda::simt\n"
     )
     return f"{HERE}/simt/instantiations/self_attn_simt_{dt}.cu", text
+
+
+def simt_double_bwd_file(dt: str) -> tuple[str, str]:
+    t = DTYPES[dt]
+    text = (
+        BANNER
+        + f"// SIMT double backward of sagan::self_attn for storage type {t} (kernels/cuda/simt).\n"
+        + '#include "kernels/cuda/self_attn_cuda_instantiations.h"\n'
+        + '#include "kernels/cuda/simt/self_attn_simt_launch.cuh"\n\n'
+        + "namespace sagan::kernels::cuda::simt {\n"
+        + f"template cudaError_t launch_double_bwd<{t}>(const SelfAttnDoubleBwdParams&, cudaStream_t);\n"
+        + "}  // namespace sagan::kernels::cuda::simt\n"
+    )
+    return f"{HERE}/simt/instantiations/self_attn_simt_double_bwd_{dt}.cu", text
 
 
 def mma_file(dt: str, cqk: int) -> tuple[str, str]:
@@ -85,11 +101,18 @@ def declarations() -> tuple[str, str]:
         "cudaError_t launch_fwd(const SelfAttnFwdParams& p, cudaStream_t stream);",
         "template <typename T>",
         "cudaError_t launch_bwd(const SelfAttnBwdParams& p, cudaStream_t stream);",
+        "template <typename T>",
+        "cudaError_t launch_double_bwd(const SelfAttnDoubleBwdParams& p, cudaStream_t stream);",
     ]
     for dt in SIMT_DTYPES:
         t = DTYPES[dt]
         lines.append(f"extern template cudaError_t launch_fwd<{t}>(const SelfAttnFwdParams&, cudaStream_t);")
         lines.append(f"extern template cudaError_t launch_bwd<{t}>(const SelfAttnBwdParams&, cudaStream_t);")
+    for dt in SIMT_DOUBLE_BWD_DTYPES:
+        t = DTYPES[dt]
+        lines.append(
+            f"extern template cudaError_t launch_double_bwd<{t}>(const SelfAttnDoubleBwdParams&, cudaStream_t);"
+        )
     lines += [
         "}  // namespace simt",
         "namespace mma {",
@@ -109,6 +132,7 @@ def declarations() -> tuple[str, str]:
 
 def all_files() -> dict[str, str]:
     files = [simt_file(dt) for dt in SIMT_DTYPES]
+    files += [simt_double_bwd_file(dt) for dt in SIMT_DOUBLE_BWD_DTYPES]
     files += [mma_file(dt, c) for dt in MMA_DTYPES for c in MMA_CQKS]
     sources = [path for path, _ in files]
     files.append(declarations())

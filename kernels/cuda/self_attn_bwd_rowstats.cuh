@@ -3,6 +3,9 @@
 //   before: delta_i = sum_c dy[c,i] o[c,i] (accumulate dtype), and dgamma = sum over b, i of delta
 //           (float64), each summed by one thread or one block in a fixed order: deterministic;
 //   after, in the atomic mode only: df = gamma * scale * df_accum, rounded to the storage dtype.
+// And of the double backward (kernels/cuda/simt/self_attn_simt_double_bwd_kernel.cuh):
+//   before: its row statistic D_i = sum_c dy[c,i] o[c,i] (the same row dot as delta);
+//   after: d_gamma = sum over b, i of (P_i - D_i R_i + Q_i), float64, by one block in a fixed order.
 // Block bodies take (tid, block indices) so the host emulation runs them as the GPU does.
 #pragma once
 
@@ -15,25 +18,54 @@ namespace sagan::kernels::cuda::rowstats {
 
 inline constexpr int kThreads = 256;
 
-// delta of queries bx * kThreads + tid, for batches by, by + gy, ... (grid y is capped).
+// out[b, i] = sum_c dy[b,c,i] o[b,c,i] (accumulate dtype) of queries i = bx * kThreads + tid, for
+// batches by, by + gy, ... (grid y is capped): summed over c in order, one thread per element.
 template <typename T>
-__device__ void delta_block(const SelfAttnBwdParams& p, int tid, int64_t bx, int64_t by, int64_t gy) {
+__device__ void row_dot_dy_o_block(int64_t B, int64_t Cv, int64_t Nq, const T* dy, int64_t dy_sb,
+                                   int64_t dy_sc, const T* o, int64_t o_sb, int64_t o_sc,
+                                   acc_t<T>* out, int tid, int64_t bx, int64_t by, int64_t gy) {
   using Acc = acc_t<T>;
   const int64_t i = bx * kThreads + tid;
-  if (i >= p.Nq) return;
-  const T* dy = static_cast<const T*>(p.dy);
-  const T* o = static_cast<const T*>(p.o);
-  Acc* delta = static_cast<Acc*>(p.delta);
-  for (int64_t b = by; b < p.B; b += gy) {
+  if (i >= Nq) return;
+  for (int64_t b = by; b < B; b += gy) {
     Acc d = Acc(0);
-    for (int64_t c = 0; c < p.Cv; ++c)
-      d += convert<Acc>(dy[b * p.dy_sb + c * p.dy_sc + i]) * convert<Acc>(o[b * p.o_sb + c * p.o_sc + i]);
-    delta[b * p.Nq + i] = d;
+    for (int64_t c = 0; c < Cv; ++c)
+      d += convert<Acc>(dy[b * dy_sb + c * dy_sc + i]) * convert<Acc>(o[b * o_sb + c * o_sc + i]);
+    out[b * Nq + i] = d;
   }
 }
 
+// delta of the backward.
+template <typename T>
+__device__ void delta_block(const SelfAttnBwdParams& p, int tid, int64_t bx, int64_t by, int64_t gy) {
+  row_dot_dy_o_block<T>(p.B, p.Cv, p.Nq, static_cast<const T*>(p.dy), p.dy_sb, p.dy_sc,
+                        static_cast<const T*>(p.o), p.o_sb, p.o_sc, static_cast<acc_t<T>*>(p.delta),
+                        tid, bx, by, gy);
+}
+
+// D of the double backward: the first of its four row statistics.
+template <typename T>
+__device__ void double_bwd_d_block(const SelfAttnDoubleBwdParams& p, int tid, int64_t bx, int64_t by,
+                                   int64_t gy) {
+  row_dot_dy_o_block<T>(p.B, p.Cv, p.Nq, static_cast<const T*>(p.dy), p.dy_sb, p.dy_sc,
+                        static_cast<const T*>(p.o), p.o_sb, p.o_sc, static_cast<acc_t<T>*>(p.rowstats),
+                        tid, bx, by, gy);
+}
+
+// Sum over the block of each thread's float64 partial s, by a tree in shared memory (kThreads
+// doubles) in a fixed order; thread 0 writes it to *out.
+__device__ __forceinline__ void block_sum_f64(double s, double* smem, int tid, double* out) {
+  smem[tid] = s;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (tid < half) smem[tid] += smem[tid + half];
+    __syncthreads();
+  }
+  if (tid == 0) *out = smem[0];
+}
+
 // dgamma = sum of all B * Nq deltas, by one block: thread tid sums elements tid, tid + kThreads, ...
-// in float64, then a tree in shared memory (kThreads doubles) in a fixed order.
+// in float64, then the tree.
 template <typename T>
 __device__ void dgamma_block(const SelfAttnBwdParams& p, double* smem, int tid) {
   using Acc = acc_t<T>;
@@ -41,13 +73,24 @@ __device__ void dgamma_block(const SelfAttnBwdParams& p, double* smem, int tid) 
   const int64_t n = p.B * p.Nq;
   double s = 0.0;
   for (int64_t k = tid; k < n; k += kThreads) s += static_cast<double>(delta[k]);
-  smem[tid] = s;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (tid < half) smem[tid] += smem[tid + half];
-    __syncthreads();
-  }
-  if (tid == 0) *p.dgamma = smem[0];
+  block_sum_f64(s, smem, tid, p.dgamma);
+}
+
+// d_gamma = sum over b, i of (P_i - D_i R_i + Q_i) (rowstats = D, R, P, Q, each (B, Nq)), by one
+// block as dgamma_block.
+template <typename T>
+__device__ void double_bwd_dgamma_block(const SelfAttnDoubleBwdParams& p, double* smem, int tid) {
+  using Acc = acc_t<T>;
+  const int64_t n = p.B * p.Nq;
+  const Acc* D = static_cast<const Acc*>(p.rowstats);
+  const Acc* R = D + n;
+  const Acc* P = D + 2 * n;
+  const Acc* Q = D + 3 * n;
+  double s = 0.0;
+  for (int64_t k = tid; k < n; k += kThreads)
+    s += static_cast<double>(P[k]) - static_cast<double>(D[k]) * static_cast<double>(R[k]) +
+         static_cast<double>(Q[k]);
+  block_sum_f64(s, smem, tid, p.d_gamma);
 }
 
 // df[k] = gamma * scale * df_accum[k] for k = (bx * gy_stride + ...) : a flat grid-stride loop.
@@ -78,12 +121,30 @@ __global__ void __launch_bounds__(kThreads) df_finish_kernel(const SelfAttnBwdPa
   df_finish_block<T>(p, threadIdx.x, blockIdx.x, gridDim.x);
 }
 
+template <typename T>
+__global__ void __launch_bounds__(kThreads) double_bwd_d_kernel(const SelfAttnDoubleBwdParams p) {
+  double_bwd_d_block<T>(p, threadIdx.x, blockIdx.x, blockIdx.y, gridDim.y);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) double_bwd_dgamma_kernel(const SelfAttnDoubleBwdParams p) {
+  __shared__ double smem[kThreads];
+  double_bwd_dgamma_block<T>(p, smem, threadIdx.x);
+}
+
+// Grid of the row dots: (query blocks of kThreads, batches capped at 65535).
+inline bool row_dot_grid(int64_t B, int64_t Nq, dim3* grid) {
+  const int64_t tiles = ceil_div(Nq, kThreads);
+  if (tiles > 2147483647LL) return false;
+  *grid = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(B < 65535 ? B : 65535));
+  return true;
+}
+
 // delta and dgamma (before the main kernels).
 template <typename T>
 cudaError_t launch_pre(const SelfAttnBwdParams& p, cudaStream_t stream) {
-  const int64_t tiles = ceil_div(p.Nq, kThreads);
-  if (tiles > 2147483647LL) return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.B < 65535 ? p.B : 65535));
+  dim3 grid;
+  if (!row_dot_grid(p.B, p.Nq, &grid)) return cudaErrorInvalidConfiguration;
   delta_kernel<T><<<grid, kThreads, 0, stream>>>(p);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   dgamma_kernel<T><<<1, kThreads, 0, stream>>>(p);
@@ -96,6 +157,20 @@ cudaError_t launch_post(const SelfAttnBwdParams& p, cudaStream_t stream) {
   const int64_t n = p.B * p.Cqk * p.Nq;
   const int64_t blocks = ceil_div(n, kThreads) < 65535 ? ceil_div(n, kThreads) : 65535;
   df_finish_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+// Double backward: D (before its kernels) and d_gamma (after them).
+template <typename T>
+cudaError_t launch_double_bwd_pre(const SelfAttnDoubleBwdParams& p, cudaStream_t stream) {
+  dim3 grid;
+  if (!row_dot_grid(p.B, p.Nq, &grid)) return cudaErrorInvalidConfiguration;
+  double_bwd_d_kernel<T><<<grid, kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_double_bwd_post(const SelfAttnDoubleBwdParams& p, cudaStream_t stream) {
+  double_bwd_dgamma_kernel<T><<<1, kThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 #endif  // __CUDACC__

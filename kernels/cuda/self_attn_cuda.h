@@ -46,4 +46,11 @@ inline bool atomic_df_in_dg(const SelfAttnBwdParams& p) {
 cudaError_t self_attn_fwd(DType dtype, const SelfAttnFwdParams& p, cudaStream_t stream);
 cudaError_t self_attn_bwd(DType dtype, const SelfAttnBwdParams& p, cudaStream_t stream);
 
+// The double backward (kernels/self_attn_params.h, SelfAttnDoubleBwdParams): device pointers of dtype
+// `dtype` (lse float64, rowstats the accumulate type, d_gamma float64), gamma read on the device,
+// ugamma by value. Writes the row statistics p.rowstats (D, R, P, Q), then p.d_f, p.d_g, p.d_h, p.d_dy
+// (contiguous, fully) and p.d_gamma; no atomics: bitwise identical run to run. SIMT kernels for every
+// dtype and shape (kernels/cuda/simt/self_attn_simt_double_bwd_kernel.cuh); no tensor-core variant yet.
+cudaError_t self_attn_double_bwd(DType dtype, const SelfAttnDoubleBwdParams& p, cudaStream_t stream);
+
 }  // namespace sagan::kernels::cuda

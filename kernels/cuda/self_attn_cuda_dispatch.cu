@@ -1,7 +1,8 @@
 // The one place that chooses the CUDA kernels of a call: the family (tensor cores or SIMT), the tile
 // configuration (the padded Cqk of the tensor-core kernels) and the grid limits, through the switches
 // of self_attn_static_switch.h into the launchers declared by self_attn_cuda_instantiations.h; and the
-// whole backward: its pre- and post-processing (self_attn_bwd_rowstats.cuh) around the family's kernels.
+// whole backward and double backward: their pre- and post-processing (self_attn_bwd_rowstats.cuh)
+// around the family's kernels.
 #include <cstdlib>
 #include <cstring>
 
@@ -79,6 +80,17 @@ cudaError_t self_attn_bwd(DType dtype, const SelfAttnBwdParams& p, cudaStream_t 
   if (e != cudaSuccess || !atomic_df_in_dg(p)) return e;
   return with_dtype(dtype, [&](auto tag) {
     return rowstats::launch_post<typename decltype(tag)::type>(p, stream);
+  });
+}
+
+// D, the SIMT kernels (every dtype and shape: there is no tensor-core double backward yet), d_gamma.
+cudaError_t self_attn_double_bwd(DType dtype, const SelfAttnDoubleBwdParams& p, cudaStream_t stream) {
+  if (p.B <= 0 || p.Nq <= 0) return cudaSuccess;  // the checks forbid it; nothing to write
+  return with_dtype(dtype, [&](auto tag) -> cudaError_t {
+    using T = typename decltype(tag)::type;
+    if (cudaError_t e = rowstats::launch_double_bwd_pre<T>(p, stream); e != cudaSuccess) return e;
+    if (cudaError_t e = simt::launch_double_bwd<T>(p, stream); e != cudaSuccess) return e;
+    return rowstats::launch_double_bwd_post<T>(p, stream);
   });
 }
 

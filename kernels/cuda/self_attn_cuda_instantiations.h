@@ -18,6 +18,8 @@ template <typename T>
 cudaError_t launch_fwd(const SelfAttnFwdParams& p, cudaStream_t stream);
 template <typename T>
 cudaError_t launch_bwd(const SelfAttnBwdParams& p, cudaStream_t stream);
+template <typename T>
+cudaError_t launch_double_bwd(const SelfAttnDoubleBwdParams& p, cudaStream_t stream);
 extern template cudaError_t launch_fwd<float>(const SelfAttnFwdParams&, cudaStream_t);
 extern template cudaError_t launch_bwd<float>(const SelfAttnBwdParams&, cudaStream_t);
 extern template cudaError_t launch_fwd<double>(const SelfAttnFwdParams&, cudaStream_t);
@@ -26,6 +28,10 @@ extern template cudaError_t launch_fwd<__half>(const SelfAttnFwdParams&, cudaStr
 extern template cudaError_t launch_bwd<__half>(const SelfAttnBwdParams&, cudaStream_t);
 extern template cudaError_t launch_fwd<__nv_bfloat16>(const SelfAttnFwdParams&, cudaStream_t);
 extern template cudaError_t launch_bwd<__nv_bfloat16>(const SelfAttnBwdParams&, cudaStream_t);
+extern template cudaError_t launch_double_bwd<float>(const SelfAttnDoubleBwdParams&, cudaStream_t);
+extern template cudaError_t launch_double_bwd<double>(const SelfAttnDoubleBwdParams&, cudaStream_t);
+extern template cudaError_t launch_double_bwd<__half>(const SelfAttnDoubleBwdParams&, cudaStream_t);
+extern template cudaError_t launch_double_bwd<__nv_bfloat16>(const SelfAttnDoubleBwdParams&, cudaStream_t);
 }  // namespace simt
 namespace mma {
 template <typename T, int kCqk>

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/self_attn_cuda.h"
+#include "kernels/cuda/simt/self_attn_simt_double_bwd_kernel.cuh"
 #include "kernels/cuda/simt/self_attn_simt_kernel.cuh"
 
 namespace sagan::kernels::cuda::simt {
@@ -135,6 +136,74 @@ cudaError_t launch_bwd(const SelfAttnBwdParams& p, cudaStream_t stream) {
   if (p.want_df && !atomic_df && p.Cqk > 0 && p.Nq > 0) {
     err = use_wide<Acc>(p.Cqk) ? launch_bwd_df<T, kWide>(p, scale_exp, stream)
                                : launch_bwd_df<T, kNarrow>(p, scale_exp, stream);
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+// One kernel of the double backward over a grid of (tiles, chunks of VC * 16 channels, B).
+template <typename T, int VC, DoubleBwdPart kPart>
+cudaError_t launch_double_bwd_part(const SelfAttnDoubleBwdParams& p, int64_t tiles, int64_t channels,
+                                   size_t smem_bytes, typename AccumulateType<T>::type ugamma,
+                                   typename AccumulateType<T>::type scale_exp, cudaStream_t stream) {
+  using Acc = acc_t<T>;
+  dim3 grid;
+  const int64_t chunks = channels > 0 ? ceil_div(channels, DoubleBwdSmem<Acc, VC>::kBC) : 1;
+  if (!make_grid(tiles, chunks, p.B, &grid)) return cudaErrorInvalidConfiguration;
+  auto kernel = self_attn_simt_double_bwd_kernel<T, Acc, VC, kPart>;
+  cudaError_t err = set_smem(kernel, smem_bytes);
+  if (err != cudaSuccess) return err;
+  kernel<<<grid, kThreads, smem_bytes, stream>>>(p, ugamma, scale_exp);
+  return cudaGetLastError();
+}
+
+// The query-side (d_f, d_dy) or key-side (d_g, d_h) kernel with the channel tile that C channels need.
+template <typename T, DoubleBwdPart kPart>
+cudaError_t launch_double_bwd_output(const SelfAttnDoubleBwdParams& p, int64_t tiles, int64_t C,
+                                     typename AccumulateType<T>::type ugamma,
+                                     typename AccumulateType<T>::type scale_exp, cudaStream_t stream) {
+  using Acc = acc_t<T>;
+  constexpr int kWide = SimtChannelTiles<Acc>::kWide;
+  constexpr int kNarrow = SimtChannelTiles<Acc>::kNarrow;
+  if (use_wide<Acc>(C))
+    return launch_double_bwd_part<T, kWide, kPart>(p, tiles, C, DoubleBwdSmem<Acc, kWide>::kBytes, ugamma,
+                                                   scale_exp, stream);
+  return launch_double_bwd_part<T, kNarrow, kPart>(p, tiles, C, DoubleBwdSmem<Acc, kNarrow>::kBytes,
+                                                   ugamma, scale_exp, stream);
+}
+
+// The double backward between D and d_gamma (self_attn_bwd_rowstats.cuh, run by the dispatch): the row
+// statistics R, P, Q, then d_f, d_dy (query tiles) and d_g, d_h (key tiles), in stream order. A kernel
+// whose output is empty is not launched; one whose loop is empty (Nk == 0 for d_f and d_dy, Nq == 0
+// for d_g and d_h) still writes its output (zeros, or a o for d_dy).
+template <typename T>
+cudaError_t launch_double_bwd(const SelfAttnDoubleBwdParams& p, cudaStream_t stream) {
+  using Acc = acc_t<T>;
+  constexpr int kNarrow = SimtChannelTiles<Acc>::kNarrow;
+  if (p.B <= 0) return cudaSuccess;
+  const Acc scale_exp = static_cast<Acc>(p.scale * ExpBase<Acc>::kFromNatural);
+  const Acc ugamma = static_cast<Acc>(p.ugamma);
+  const int64_t q_tiles = ceil_div(p.Nq, kBlockQ), k_tiles = ceil_div(p.Nk, kBlockK);
+  cudaError_t err = cudaSuccess;
+  if (p.Nq > 0) {
+    err = launch_double_bwd_part<T, kNarrow, DoubleBwdPart::kStats>(
+        p, q_tiles, 0, DoubleBwdSmem<Acc, kNarrow>::kStatsBytes, ugamma, scale_exp, stream);
+    if (err != cudaSuccess) return err;
+  }
+  if (p.Nq > 0 && p.Cqk > 0) {
+    err = launch_double_bwd_output<T, DoubleBwdPart::kDf>(p, q_tiles, p.Cqk, ugamma, scale_exp, stream);
+    if (err != cudaSuccess) return err;
+  }
+  if (p.Nq > 0 && p.Cv > 0) {
+    err = launch_double_bwd_output<T, DoubleBwdPart::kDdy>(p, q_tiles, p.Cv, ugamma, scale_exp, stream);
+    if (err != cudaSuccess) return err;
+  }
+  if (p.Nk > 0 && p.Cqk > 0) {
+    err = launch_double_bwd_output<T, DoubleBwdPart::kDg>(p, k_tiles, p.Cqk, ugamma, scale_exp, stream);
+    if (err != cudaSuccess) return err;
+  }
+  if (p.Nk > 0 && p.Cv > 0) {
+    err = launch_double_bwd_output<T, DoubleBwdPart::kDh>(p, k_tiles, p.Cv, ugamma, scale_exp, stream);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
