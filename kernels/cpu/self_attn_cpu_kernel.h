@@ -28,7 +28,7 @@ template <>
 struct VecOf<float> {
   typedef float type __attribute__((vector_size(kVecBytes)));
   typedef float unaligned __attribute__((vector_size(kVecBytes), aligned(1), may_alias));
-  typedef int32_t bits __attribute__((vector_size(kVecBytes)));
+  typedef uint32_t bits __attribute__((vector_size(kVecBytes)));
 };
 template <>
 struct VecOf<double> {
@@ -56,14 +56,15 @@ inline void store_vec(T* p, typename VecOf<T>::type v) {
 // exp for x <= 0 (what the kernels need: scores minus their running maximum), vectorised by hand:
 // Cody-Waite reduction to r in [-ln2/2, ln2/2], the Cephes expf polynomial (about 1 ulp), and 2^n
 // built in the exponent bits. Below -87 the result flushes to 0 (exp(-87) ~ 1.6e-38); NaN propagates.
-template <typename V, typename I, typename S>
+template <typename V, typename U, typename S>
 inline V exp_nonpositive_lanes(V x) {
   const V lo = V{} + S(-87.0f);
-  const V xc = x < lo ? lo : x;
-  // Adding 1.5 * 2^23 rounds x * log2(e) to the nearest integer n and leaves n in the low bits.
-  const V t = xc * S(1.44269504088896341f) + S(12582912.0f);
+  // Adding 1.5 * 2^23 rounds x * log2(e) to the nearest integer n and leaves n in the low bits. Below
+  // -87 (or at -inf) n, r and the exponent bits are garbage, and the last line replaces them by 0;
+  // unsigned bits, so that garbage wraps rather than overflows.
+  const V t = x * S(1.44269504088896341f) + S(12582912.0f);
   const V n = t - S(12582912.0f);
-  const V r = (xc - n * S(0.693359375f)) + n * S(2.12194440e-4f);
+  const V r = (x - n * S(0.693359375f)) + n * S(2.12194440e-4f);
   V p = V{} + S(1.9875691500e-4f);
   p = p * r + S(1.3981999507e-3f);
   p = p * r + S(8.3334519073e-3f);
@@ -71,16 +72,16 @@ inline V exp_nonpositive_lanes(V x) {
   p = p * r + S(1.6666665459e-1f);
   p = p * r + S(5.0000001201e-1f);
   p = p * r * r + r + S(1.0f);
-  I ti;
-  std::memcpy(&ti, &t, sizeof(ti));
-  const I pow2_bits = (ti - 0x4B400000 + 127) << 23;
+  U tu;
+  std::memcpy(&tu, &t, sizeof(tu));
+  const U pow2_bits = (tu - 0x4B400000u + 127u) << 23;
   V pow2;
   std::memcpy(&pow2, &pow2_bits, sizeof(pow2));
   const V e = p * pow2;
   return x < lo ? V{} : e;
 }
 
-inline float exp_nonpositive(float x) { return exp_nonpositive_lanes<float, int32_t, float>(x); }
+inline float exp_nonpositive(float x) { return exp_nonpositive_lanes<float, uint32_t, float>(x); }
 inline double exp_nonpositive(double x) { return std::exp(x); }
 
 // v[j] = exp((v[j] - shift_hi) - shift_lo) for j < n. The shift comes in two parts so that a
@@ -309,14 +310,16 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
         gemm_tile<T>(kn, BQ, Cqk, gk.data(), 1, BK, fq.data(), BQ, st.data(), BQ, false);
         if (scale != T(1))
           for (int64_t e = 0; e < kn * BQ; e += L) store_vec(&st[e], load_vec(&st[e]) * scale);
-        // Online softmax, lane by lane down the key rows: new running maximum (NaN-propagating, as
-        // torch.max), the rescale factor of the old sums, the tile's exps and their sum.
+        // Online softmax, lane by lane down the key rows: new running maximum, the rescale factor of
+        // the old sums, the tile's exps and their sum. The maximum need not keep a NaN score (one
+        // instruction, vmaxps, not three): that score's exp is NaN whatever the shift, and the row sum,
+        // o and lse with it.
         for (int64_t v = 0; v < BQ; v += L) {
           const Vec old_max = load_vec(&row_max[v]);
           Vec mx = old_max;
           for (int64_t j = 0; j < kn; ++j) {
             const Vec s = load_vec(&st[j * BQ + v]);
-            mx = (mx > s || mx != mx) ? mx : s;
+            mx = mx > s ? mx : s;
           }
           // While every score of a query so far is -inf, shift by 0 instead of the maximum: the
           // tile's exps and the rescale factor are then exp(-inf) = 0, never exp(-inf - -inf) = NaN,
