@@ -226,3 +226,19 @@ def test_loglog_slope():
     assert report.loglog_slope([(n, 3 * n) for n in (1, 2, 4, 8)]) == pytest.approx(1.0)
     assert report.loglog_slope([(n, n * n + 0.0) for n in (2, 4, 8)]) == pytest.approx(2.0)
     assert math.isnan(report.loglog_slope([(4, 1), (4, 2)]))
+
+
+def test_cpu_kernels_quick_record(tmp_path):
+    """bench/cpu_kernels.py --quick runs end to end and its record holds what the Markdown reports:
+    the FLOP rates are the counted FLOPs over the measured times, the fractions are over the matmul."""
+    from bench import cpu_kernels
+
+    assert cpu_kernels.main(["--quick", "--out", str(tmp_path)]) == 0
+    (json_path,) = tmp_path.glob("cpu-kernels-*.json")
+    rec = json.loads(json_path.read_text())
+    assert (tmp_path / json_path.name.replace(".json", ".md")).exists()
+    row = rec["grid"][0]
+    fl = cpu_kernels.flops(rec["batch"], row["Cqk"], row["Cv"], rec["n"], rec["n"])
+    assert math.isclose(row["fwd_gflops"], fl["fwd"] / (row["fwd_ms"] * 1e-3) / 1e9, rel_tol=1e-9)
+    assert math.isclose(row["bwd_frac"], row["bwd_gflops"] / (1e3 * rec["matmul"]["tflops"]), rel_tol=1e-9)
+    assert rec["scaling"][0]["speedup_fwd"] > 0 and rec["dtypes"]["bf16_over_fp32_fwd"] > 0

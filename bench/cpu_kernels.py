@@ -1,0 +1,181 @@
+"""The CPU kernels against the machine's matmul rate: GFLOP/s over a (Cqk, Cv) grid, thread scaling, and
+bfloat16 against float32, in one run.
+
+    python -m bench.cpu_kernels                 # about 3 minutes on 2 quiet cores
+    python -m bench.cpu_kernels --quick         # one shape of each part (a smoke test)
+
+Forward and backward are timed separately at the op level (torch.ops.sagan.self_attn_fwd and
+self_attn_backward, inputs made beforehand), each the median of repeated calls (sagan_attn.measure). The
+FLOPs counted are the products each pass really computes, per image:
+  forward   2 Nq Nk (Cqk + Cv)          s = f^T g, o = h p^T
+  backward  2 Nq Nk (3 Cqk + 2 Cv)      s again, dp = dy^T h, dh = dy p, df = ds g^T, dg = f ds
+(the exp, the row statistics and the elementwise softmax backward come on top, uncounted). The roofline
+is torch.mm's float32 GFLOP/s on square matrices sized to take about 0.2 s, timed in the same run with
+the same thread count. Thread scaling times the same call at 1 thread and at every thread
+(torch.get_num_threads() at start). Writes bench/results/cpu-kernels-<stamp>.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+if __package__ in (None, ""):  # python bench/cpu_kernels.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import sagan_attn  # noqa: E402,F401  (registers torch.ops.sagan)
+from sagan_attn.measure import median_ms  # noqa: E402
+
+from bench.measure import git_state, machine, matmul_tflops  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRID_CQK = (8, 16, 32)
+GRID_CV = (64, 128, 256)
+
+
+def flops(B: int, Cqk: int, Cv: int, Nq: int, Nk: int) -> Dict[str, float]:
+    return {"fwd": 2.0 * B * Nq * Nk * (Cqk + Cv), "bwd": 2.0 * B * Nq * Nk * (3 * Cqk + 2 * Cv)}
+
+
+def time_passes(B: int, Cqk: int, Cv: int, N: int, dtype: torch.dtype, repeats: int) -> Dict[str, float]:
+    """Median ms of the forward and of the backward (all three gradients) at one shape."""
+    gen = torch.Generator().manual_seed(0)
+
+    def rnd(*size):
+        return torch.randn(*size, generator=gen).to(dtype)
+
+    f, g, h, x = rnd(B, Cqk, N), rnd(B, Cqk, N), rnd(B, Cv, N), rnd(B, Cv, N)
+    gamma = torch.tensor(0.5, dtype=dtype)
+    y, o, lse = torch.ops.sagan.self_attn_fwd(f, g, h, x, gamma, 1.0)
+    dy = rnd(B, Cv, N)
+    fwd = median_ms(lambda: torch.ops.sagan.self_attn_fwd(f, g, h, x, gamma, 1.0), "cpu", warmup=1,
+                    repeats=repeats, budget_s=0.0)
+    bwd = median_ms(lambda: torch.ops.sagan.self_attn_backward(dy, f, g, h, o, lse, gamma, 1.0,
+                                                               [True, True, True]),
+                    "cpu", warmup=1, repeats=repeats, budget_s=0.0)
+    return {"fwd": fwd, "bwd": bwd}
+
+
+def gflops(fl: float, ms: float) -> float:
+    return fl / (ms * 1e-3) / 1e9
+
+
+def run(args: argparse.Namespace) -> dict:
+    threads = torch.get_num_threads()
+    N, B = args.n, args.batch
+    record: dict = {"machine": machine("cpu"), "git": git_state(ROOT), "n": N, "batch": B,
+                    "repeats": args.repeats, "threads": threads}
+    mm = matmul_tflops(torch.float32, "cpu")
+    record["matmul"] = mm
+    mm_gflops = 1e3 * mm["tflops"]
+    print(f"matmul float32, {threads} threads: n={mm['n']}, {mm_gflops:.1f} GFLOP/s", flush=True)
+
+    grid = [(c, v) for c in GRID_CQK for v in GRID_CV]
+    if args.quick:
+        grid = grid[:1]
+    rows: List[dict] = []
+    for cqk, cv in grid:
+        t = time_passes(B, cqk, cv, N, torch.float32, args.repeats)
+        fl = flops(B, cqk, cv, N, N)
+        row = {"Cqk": cqk, "Cv": cv, "fwd_ms": t["fwd"], "bwd_ms": t["bwd"],
+               "fwd_gflops": gflops(fl["fwd"], t["fwd"]), "bwd_gflops": gflops(fl["bwd"], t["bwd"])}
+        row["fwd_frac"] = row["fwd_gflops"] / mm_gflops
+        row["bwd_frac"] = row["bwd_gflops"] / mm_gflops
+        rows.append(row)
+        print(f"Cqk={cqk:3d} Cv={cv:4d}: fwd {t['fwd']:8.1f} ms {row['fwd_gflops']:6.1f} GFLOP/s "
+              f"({100 * row['fwd_frac']:.0f}%), bwd {t['bwd']:8.1f} ms {row['bwd_gflops']:6.1f} GFLOP/s "
+              f"({100 * row['bwd_frac']:.0f}%)", flush=True)
+    record["grid"] = rows
+
+    # Thread scaling: B = 1 with a large N (the case that must split one image over the cores) and the
+    # batched target shape.
+    scaling = []
+    cases = [(1, 8, 64, args.scaling_n), (B, 8, 64, N)]
+    if args.quick:
+        cases = cases[:1]
+    for b, cqk, cv, n in cases:
+        per = {}
+        for nt in sorted({1, threads}):
+            torch.set_num_threads(nt)
+            per[nt] = time_passes(b, cqk, cv, n, torch.float32, args.repeats)
+        torch.set_num_threads(threads)
+        row = {"B": b, "Cqk": cqk, "Cv": cv, "N": n, "ms": {str(k): v for k, v in per.items()},
+               "speedup_fwd": per[1]["fwd"] / per[threads]["fwd"],
+               "speedup_bwd": per[1]["bwd"] / per[threads]["bwd"]}
+        scaling.append(row)
+        print(f"scaling B={b} N={n}: 1 -> {threads} threads: fwd x{row['speedup_fwd']:.2f}, "
+              f"bwd x{row['speedup_bwd']:.2f}", flush=True)
+    record["scaling"] = scaling
+
+    # bfloat16 against float32 at the target shape (bf16 inputs are computed in float32).
+    dt = {}
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        dt[name] = time_passes(B, 8, 64, N, dtype, args.repeats)
+    record["dtypes"] = {"shape": [B, 8, 64, N, N], "ms": dt,
+                        "bf16_over_fp32_fwd": dt["bfloat16"]["fwd"] / dt["float32"]["fwd"],
+                        "bf16_over_fp32_bwd": dt["bfloat16"]["bwd"] / dt["float32"]["bwd"]}
+    print(f"bf16 / fp32 time: fwd {record['dtypes']['bf16_over_fp32_fwd']:.2f}, "
+          f"bwd {record['dtypes']['bf16_over_fp32_bwd']:.2f}", flush=True)
+    record["load_average_end"] = list(os.getloadavg())
+    return record
+
+
+def markdown(rec: dict) -> str:
+    m = rec["machine"]
+    mm = 1e3 * rec["matmul"]["tflops"]
+    out = [f"# CPU kernels against the matmul roofline ({time.strftime('%Y-%m-%d')})", "",
+           f"- {m['cpu']}, {rec['threads']} threads, cpu_isa {m['sagan_attn'].get('cpu_isa')}, torch {m['torch']}, "
+           f"commit {rec['git']['commit'][:12]}{' (dirty)' if rec['git']['dirty'] else ''}",
+           f"- load average at start {m['load_average_start']}, at end {rec['load_average_end']}",
+           f"- matmul float32 (n = {rec['matmul']['n']}): {mm:.1f} GFLOP/s; medians of {rec['repeats']} calls",
+           f"- B = {rec['batch']}, Nq = Nk = {rec['n']}, float32; FLOPs: forward 2 Nq Nk (Cqk + Cv), "
+           "backward 2 Nq Nk (3 Cqk + 2 Cv) per image", "",
+           "| Cqk | Cv | fwd ms | fwd GFLOP/s | % matmul | bwd ms | bwd GFLOP/s | % matmul |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rec["grid"]:
+        out.append(f"| {r['Cqk']} | {r['Cv']} | {r['fwd_ms']:.1f} | {r['fwd_gflops']:.1f} | {100 * r['fwd_frac']:.0f}% "
+                   f"| {r['bwd_ms']:.1f} | {r['bwd_gflops']:.1f} | {100 * r['bwd_frac']:.0f}% |")
+    out += ["", f"Thread scaling (1 thread -> {rec['threads']}):", "",
+            "| B | Cqk | Cv | N | fwd ms (1 / all) | speed-up | bwd ms (1 / all) | speed-up |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rec["scaling"]:
+        one, all_ = r["ms"]["1"], r["ms"][str(rec["threads"])]
+        out.append(f"| {r['B']} | {r['Cqk']} | {r['Cv']} | {r['N']} | {one['fwd']:.1f} / {all_['fwd']:.1f} "
+                   f"| x{r['speedup_fwd']:.2f} | {one['bwd']:.1f} / {all_['bwd']:.1f} | x{r['speedup_bwd']:.2f} |")
+    d = rec["dtypes"]
+    out += ["", f"bfloat16 vs float32 at (B, Cqk, Cv, Nq, Nk) = {tuple(d['shape'])}: forward "
+            f"{d['ms']['bfloat16']['fwd']:.1f} / {d['ms']['float32']['fwd']:.1f} ms (x{d['bf16_over_fp32_fwd']:.2f}), "
+            f"backward {d['ms']['bfloat16']['bwd']:.1f} / {d['ms']['float32']['bwd']:.1f} ms "
+            f"(x{d['bf16_over_fp32_bwd']:.2f})", ""]
+    return "\n".join(out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.cpu_kernels", description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=4096, help="Nq = Nk of the grid (default 4096)")
+    p.add_argument("--batch", type=int, default=4, help="B of the grid (default 4)")
+    p.add_argument("--scaling-n", type=int, default=16384, help="N of the B = 1 scaling case (default 16384)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="one shape per part, small N")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.scaling_n, args.batch, args.repeats = 512, 1024, 1, 2
+    rec = run(args)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, "cpu-kernels-" + time.strftime("%Y%m%d-%H%M%S"))
+    with open(stem + ".json", "w") as fh:
+        json.dump(rec, fh, indent=1)
+    with open(stem + ".md", "w") as fh:
+        fh.write(markdown(rec))
+    print(f"wrote {stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
