@@ -62,4 +62,35 @@ inline kernels::SelfAttnBwdParams bwd_params(const BwdTensors& t, double scale, 
   return p;
 }
 
+// The tensors of a double-backward launch: the inputs (dy, f, g, h, o N-contiguous; the cotangents uf,
+// ug, uh contiguous; gamma and ugamma one element of the storage dtype each, on the kernels' device),
+// the row statistics (4, B, Nq) and the outputs (contiguous).
+struct DoubleBwdTensors {
+  at::Tensor dy, f, g, h, o, lse, gamma;  // inputs of the backward
+  at::Tensor uf, ug, uh, ugamma;          // cotangents of df, dg, dh, dgamma
+  at::Tensor rowstats;                    // D, R, P, Q
+  at::Tensor d_dy, d_f, d_g, d_h;         // outputs
+};
+
+// The params of a double-backward launch, complete but for d_gamma (one float64: a host scalar on the
+// CPU, a device tensor on CUDA).
+inline kernels::SelfAttnDoubleBwdParams double_bwd_params(const DoubleBwdTensors& t, double scale) {
+  kernels::SelfAttnDoubleBwdParams p;
+  p.B = t.f.size(0); p.Cqk = t.f.size(1); p.Nq = t.f.size(2); p.Nk = t.g.size(2); p.Cv = t.h.size(1);
+  p.dy = t.dy.const_data_ptr(); p.dy_sb = t.dy.stride(0); p.dy_sc = t.dy.stride(1);
+  p.f = t.f.const_data_ptr(); p.f_sb = t.f.stride(0); p.f_sc = t.f.stride(1);
+  p.g = t.g.const_data_ptr(); p.g_sb = t.g.stride(0); p.g_sc = t.g.stride(1);
+  p.h = t.h.const_data_ptr(); p.h_sb = t.h.stride(0); p.h_sc = t.h.stride(1);
+  p.o = t.o.const_data_ptr(); p.o_sb = t.o.stride(0); p.o_sc = t.o.stride(1);
+  p.lse = t.lse.const_data_ptr<double>();
+  p.gamma = t.gamma.const_data_ptr();
+  p.uf = t.uf.const_data_ptr(); p.ug = t.ug.const_data_ptr(); p.uh = t.uh.const_data_ptr();
+  p.ugamma = t.ugamma.const_data_ptr();
+  p.rowstats = t.rowstats.mutable_data_ptr();
+  p.d_dy = t.d_dy.mutable_data_ptr(); p.d_f = t.d_f.mutable_data_ptr();
+  p.d_g = t.d_g.mutable_data_ptr(); p.d_h = t.d_h.mutable_data_ptr();
+  p.scale = scale;
+  return p;
+}
+
 }  // namespace sagan

@@ -90,7 +90,9 @@ struct SelfAttnDoubleBwdParams {
   const void* uf = nullptr;
   const void* ug = nullptr;
   const void* uh = nullptr;
-  double ugamma = 0.0;
+  // The cotangent of dgamma: one element of the storage dtype, read by the kernels (on the device for
+  // CUDA, as gamma), so the host never reads it.
+  const void* ugamma = nullptr;
   // Row statistics (B, Nq) contiguous, accumulate dtype, written by the first pass: D, R, P, Q.
   void* rowstats = nullptr;     // 4 x (B, Nq)
   // Outputs, contiguous, storage dtype: d_dy (B, Cv, Nq), d_f (B, Cqk, Nq), d_g (B, Cqk, Nk),

@@ -96,40 +96,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn
                                        o_in, lse_in, gamma_in, scale);
   const auto dtype = f_in.scalar_type();
   const auto compute = self_attn_accum_type(dtype);
-  const at::Tensor dy = to_kernel_layout(grad_y_in, compute), f = to_kernel_layout(f_in, compute),
-                   g = to_kernel_layout(g_in, compute), h = to_kernel_layout(h_in, compute),
-                   o = to_kernel_layout(o_in, compute), lse = lse_in.contiguous();
+  DoubleBwdTensors t;
+  t.dy = to_kernel_layout(grad_y_in, compute);
+  t.f = to_kernel_layout(f_in, compute);
+  t.g = to_kernel_layout(g_in, compute);
+  t.h = to_kernel_layout(h_in, compute);
+  t.o = to_kernel_layout(o_in, compute);
+  t.lse = lse_in.contiguous();
+  t.gamma = gamma_in.to(compute).contiguous();
   // The cotangents are read contiguous (autograd's gradients mostly are).
-  const at::Tensor uf = uf_in.to(compute).contiguous(), ug = ug_in.to(compute).contiguous(),
-                   uh = uh_in.to(compute).contiguous(), gamma = gamma_in.to(compute).contiguous();
-  const int64_t B = f.size(0), Cqk = f.size(1), Nq = f.size(2), Nk = g.size(2), Cv = h.size(1);
-  auto opts = f.options().dtype(compute);
-  at::Tensor rowstats = at::empty({4, B, Nq}, opts);
-  at::Tensor d_dy = at::empty({B, Cv, Nq}, opts), d_f = at::empty({B, Cqk, Nq}, opts),
-             d_g = at::empty({B, Cqk, Nk}, opts), d_h = at::empty({B, Cv, Nk}, opts);
+  t.uf = uf_in.to(compute).contiguous();
+  t.ug = ug_in.to(compute).contiguous();
+  t.uh = uh_in.to(compute).contiguous();
+  t.ugamma = ugamma_in.to(compute).contiguous();
+  const int64_t B = t.f.size(0), Cqk = t.f.size(1), Nq = t.f.size(2), Nk = t.g.size(2), Cv = t.h.size(1);
+  auto opts = t.f.options().dtype(compute);
+  t.rowstats = at::empty({4, B, Nq}, opts);
+  t.d_dy = at::empty({B, Cv, Nq}, opts);
+  t.d_f = at::empty({B, Cqk, Nq}, opts);
+  t.d_g = at::empty({B, Cqk, Nk}, opts);
+  t.d_h = at::empty({B, Cv, Nk}, opts);
   double d_gamma = 0.0;
 
-  kernels::SelfAttnDoubleBwdParams p;
-  p.B = B; p.Cqk = Cqk; p.Cv = Cv; p.Nq = Nq; p.Nk = Nk;
-  p.dy = dy.const_data_ptr(); p.dy_sb = dy.stride(0); p.dy_sc = dy.stride(1);
-  p.f = f.const_data_ptr(); p.f_sb = f.stride(0); p.f_sc = f.stride(1);
-  p.g = g.const_data_ptr(); p.g_sb = g.stride(0); p.g_sc = g.stride(1);
-  p.h = h.const_data_ptr(); p.h_sb = h.stride(0); p.h_sc = h.stride(1);
-  p.o = o.const_data_ptr(); p.o_sb = o.stride(0); p.o_sc = o.stride(1);
-  p.lse = lse.const_data_ptr<double>();
-  p.gamma = gamma.const_data_ptr();
-  p.uf = uf.const_data_ptr(); p.ug = ug.const_data_ptr(); p.uh = uh.const_data_ptr();
-  p.ugamma = ugamma_in.item<double>();
-  p.rowstats = rowstats.mutable_data_ptr();
-  p.d_dy = d_dy.mutable_data_ptr(); p.d_f = d_f.mutable_data_ptr(); p.d_g = d_g.mutable_data_ptr();
-  p.d_h = d_h.mutable_data_ptr(); p.d_gamma = &d_gamma;
-  p.scale = scale;
+  kernels::SelfAttnDoubleBwdParams p = double_bwd_params(t, scale);
+  p.d_gamma = &d_gamma;
   if (compute == at::kDouble) {
     kernels::cpu::self_attn_double_bwd<double>(p, aten_parallel_for());
   } else {
     kernels::cpu::self_attn_double_bwd<float>(p, aten_parallel_for());
   }
-  return {d_dy.to(dtype), d_f.to(dtype), d_g.to(dtype), d_h.to(dtype),
+  return {t.d_dy.to(dtype), t.d_f.to(dtype), t.d_g.to(dtype), t.d_h.to(dtype),
           at::full(gamma_in.sizes(), d_gamma, gamma_in.options())};
 }
 

@@ -90,8 +90,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cu
 
 // The fused double backward (kernels/cuda/simt/self_attn_simt_double_bwd_kernel.cuh): O(B C N) memory,
 // no (B, Nq, Nk) map; its SIMT kernels take every shape and dtype the checks allow, so there is no
-// composite fallback here. ugamma is read on the host (item(): one synchronisation) because the params
-// struct carries it by value; the rest stays on the device.
+// composite fallback here. gamma and ugamma are read by the kernels, so nothing synchronises.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_double_backward_cuda(
     const at::Tensor& uf_in, const at::Tensor& ug_in, const at::Tensor& uh_in,
     const at::Tensor& ugamma_in, const at::Tensor& grad_y_in, const at::Tensor& f_in,
@@ -100,35 +99,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn
   check_self_attn_double_backward_args(uf_in, ug_in, uh_in, ugamma_in, grad_y_in, f_in, g_in, h_in,
                                        o_in, lse_in, gamma_in, scale);
   const c10::cuda::CUDAGuard guard(f_in.device());
-  const at::Tensor dy = n_contiguous(grad_y_in), f = n_contiguous(f_in), g = n_contiguous(g_in),
-                   h = n_contiguous(h_in), o = n_contiguous(o_in), lse = lse_in.contiguous(),
-                   gamma = gamma_in.contiguous();
+  DoubleBwdTensors t;
+  t.dy = n_contiguous(grad_y_in);
+  t.f = n_contiguous(f_in);
+  t.g = n_contiguous(g_in);
+  t.h = n_contiguous(h_in);
+  t.o = n_contiguous(o_in);
+  t.lse = lse_in.contiguous();
+  t.gamma = gamma_in.contiguous();
   // The cotangents are read contiguous (autograd's gradients mostly are).
-  const at::Tensor uf = uf_in.contiguous(), ug = ug_in.contiguous(), uh = uh_in.contiguous();
-  const auto dtype = f.scalar_type();
-  const int64_t B = f.size(0), Cqk = f.size(1), Nq = f.size(2), Nk = g.size(2), Cv = h.size(1);
-  at::Tensor rowstats = at::empty({4, B, Nq}, f.options().dtype(self_attn_accum_type(dtype)));
-  at::Tensor d_dy = at::empty({B, Cv, Nq}, f.options()), d_f = at::empty({B, Cqk, Nq}, f.options()),
-             d_g = at::empty({B, Cqk, Nk}, f.options()), d_h = at::empty({B, Cv, Nk}, f.options());
-  at::Tensor d_gamma = at::empty({}, f.options().dtype(at::kDouble));
+  t.uf = uf_in.contiguous();
+  t.ug = ug_in.contiguous();
+  t.uh = uh_in.contiguous();
+  t.ugamma = ugamma_in.contiguous();
+  const auto dtype = t.f.scalar_type();
+  const int64_t B = t.f.size(0), Cqk = t.f.size(1), Nq = t.f.size(2), Nk = t.g.size(2), Cv = t.h.size(1);
+  t.rowstats = at::empty({4, B, Nq}, t.f.options().dtype(self_attn_accum_type(dtype)));
+  t.d_dy = at::empty({B, Cv, Nq}, t.f.options());
+  t.d_f = at::empty({B, Cqk, Nq}, t.f.options());
+  t.d_g = at::empty({B, Cqk, Nk}, t.f.options());
+  t.d_h = at::empty({B, Cv, Nk}, t.f.options());
+  at::Tensor d_gamma = at::empty({}, t.f.options().dtype(at::kDouble));
 
-  kernels::SelfAttnDoubleBwdParams p;
-  p.B = B; p.Cqk = Cqk; p.Cv = Cv; p.Nq = Nq; p.Nk = Nk;
-  p.dy = dy.const_data_ptr(); p.dy_sb = dy.stride(0); p.dy_sc = dy.stride(1);
-  p.f = f.const_data_ptr(); p.f_sb = f.stride(0); p.f_sc = f.stride(1);
-  p.g = g.const_data_ptr(); p.g_sb = g.stride(0); p.g_sc = g.stride(1);
-  p.h = h.const_data_ptr(); p.h_sb = h.stride(0); p.h_sc = h.stride(1);
-  p.o = o.const_data_ptr(); p.o_sb = o.stride(0); p.o_sc = o.stride(1);
-  p.lse = lse.const_data_ptr<double>();
-  p.gamma = gamma.const_data_ptr();
-  p.uf = uf.const_data_ptr(); p.ug = ug.const_data_ptr(); p.uh = uh.const_data_ptr();
-  p.ugamma = ugamma_in.item<double>();
-  p.rowstats = rowstats.mutable_data_ptr();
-  p.d_dy = d_dy.mutable_data_ptr(); p.d_f = d_f.mutable_data_ptr(); p.d_g = d_g.mutable_data_ptr();
-  p.d_h = d_h.mutable_data_ptr(); p.d_gamma = d_gamma.mutable_data_ptr<double>();
-  p.scale = scale;
+  kernels::SelfAttnDoubleBwdParams p = double_bwd_params(t, scale);
+  p.d_gamma = d_gamma.mutable_data_ptr<double>();
   C10_CUDA_CHECK(kc::self_attn_double_bwd(kernel_dtype(dtype), p, c10::cuda::getCurrentCUDAStream()));
-  return {d_dy, d_f, d_g, d_h, d_gamma.to(gamma.scalar_type()).reshape(gamma_in.sizes())};
+  return {t.d_dy, t.d_f, t.d_g, t.d_h, d_gamma.to(t.gamma.scalar_type()).reshape(gamma_in.sizes())};
 }
 
 }  // namespace

@@ -57,7 +57,7 @@ void self_attn_double_bwd_impl(const SelfAttnDoubleBwdParams& p, const ParallelF
   const int64_t B = p.B, Cqk = p.Cqk, Cv = p.Cv, Nq = p.Nq, Nk = p.Nk;
   const T scale = static_cast<T>(p.scale);
   const T gamma = *static_cast<const T*>(p.gamma);
-  const T ugamma = static_cast<T>(p.ugamma);
+  const T ugamma = *static_cast<const T*>(p.ugamma);
   const T* dy = static_cast<const T*>(p.dy);
   const T* f = static_cast<const T*>(p.f);
   const T* g = static_cast<const T*>(p.g);

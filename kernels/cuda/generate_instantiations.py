@@ -70,7 +70,7 @@ def mma_file(dt: str, cqk: int) -> tuple[str, str]:
         BANNER
         + f"// Tensor-core kernels of sagan::self_attn for {t} with Cqk padded to {cqk} (kernels/cuda/mma).\n"
         + '#include "kernels/cuda/self_attn_cuda_instantiations.h"\n'
-        + '#include "kernels/cuda/mma/self_attn_mma_kernels.cuh"\n\n'
+        + '#include "kernels/cuda/mma/self_attn_mma_launch.cuh"\n\n'
         + "namespace sagan::kernels::cuda::mma {\n"
         + f"template cudaError_t launch_fwd<{t}, {cqk}>(const SelfAttnFwdParams&, cudaStream_t);\n"
         + f"template cudaError_t launch_bwd<{t}, {cqk}>(const SelfAttnBwdParams&, cudaStream_t);\n"

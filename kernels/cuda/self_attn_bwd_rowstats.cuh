@@ -6,17 +6,42 @@
 // And of the double backward (kernels/cuda/simt/self_attn_simt_double_bwd_kernel.cuh):
 //   before: its row statistic D_i = sum_c dy[c,i] o[c,i] (the same row dot as delta);
 //   after: d_gamma = sum over b, i of (P_i - D_i R_i + Q_i), float64, by one block in a fixed order.
-// Block bodies take (tid, block indices) so the host emulation runs them as the GPU does.
+// Block bodies take (tid, block indices) so the host emulation runs them as the GPU does, on the grids
+// of the plans below (kernels/cuda/self_attn_launch_plan.h), which the launchers launch.
 #pragma once
 
 #include <cstdint>
 
+#include "kernels/cuda/self_attn_cuda.h"
 #include "kernels/cuda/self_attn_cuda_common.cuh"
+#include "kernels/cuda/self_attn_launch_plan.h"
 #include "kernels/self_attn_params.h"
 
 namespace sagan::kernels::cuda::rowstats {
 
 inline constexpr int kThreads = 256;
+// Blocks of the df finish's grid-stride loop: enough to fill any GPU.
+inline constexpr int64_t kMaxFinishBlocks = 65535;
+
+// The row dots (delta, D): grid (query blocks of kThreads, batches capped: the kernel loops).
+inline LaunchPlan plan_row_dot(int64_t B, int64_t Nq, const GridCaps& caps = {}) {
+  return looped_grid_plan(B > 0 && Nq > 0, ceil_div(Nq, kThreads), B, 1, kThreads, 0,
+                          GridCaps{caps.x, caps.y, 1});
+}
+
+// dgamma and d_gamma: one block summing in a fixed order, with kThreads doubles of shared memory.
+inline LaunchPlan plan_block_sum() {
+  return exact_grid_plan(true, 1, 1, 1, kThreads, kThreads * sizeof(double));
+}
+
+// df = gamma * scale * df_accum after the main kernels, in the atomic mode only: a flat grid-stride
+// loop over B * Cqk * Nq elements.
+inline LaunchPlan plan_df_finish(const SelfAttnBwdParams& p, const GridCaps& caps = {}) {
+  const int64_t n = p.B * p.Cqk * p.Nq;
+  return looped_grid_plan(atomic_df_in_dg(p) && n > 0,
+                          min_i64(ceil_div(n, kThreads), min_i64(kMaxFinishBlocks, caps.x)), 1, 1, kThreads,
+                          0, caps);
+}
 
 // out[b, i] = sum_c dy[b,c,i] o[b,c,i] (accumulate dtype) of queries i = bx * kThreads + tid, for
 // batches by, by + gy, ... (grid y is capped): summed over c in order, one thread per element.
@@ -93,7 +118,8 @@ __device__ void double_bwd_dgamma_block(const SelfAttnDoubleBwdParams& p, double
   block_sum_f64(s, smem, tid, p.d_gamma);
 }
 
-// df[k] = gamma * scale * df_accum[k] for k = (bx * gy_stride + ...) : a flat grid-stride loop.
+// df[k] = gamma * scale * df_accum[k] for k = bx * kThreads + tid, + gx * kThreads, ...: a flat
+// grid-stride loop.
 template <typename T>
 __device__ void df_finish_block(const SelfAttnBwdParams& p, int tid, int64_t bx, int64_t gx) {
   using Acc = acc_t<T>;
@@ -105,6 +131,11 @@ __device__ void df_finish_block(const SelfAttnBwdParams& p, int tid, int64_t bx,
 }
 
 #if defined(__CUDACC__)
+// The block sums' shared memory is dynamic (the plan's), declared once as bytes.
+#define SAGAN_ROWSTATS_SMEM(name)                                       \
+  extern __shared__ __align__(16) unsigned char sagan_rowstats_smem[]; \
+  double* name = reinterpret_cast<double*>(sagan_rowstats_smem)
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads) delta_kernel(const SelfAttnBwdParams p) {
   delta_block<T>(p, threadIdx.x, blockIdx.x, blockIdx.y, gridDim.y);
@@ -112,7 +143,7 @@ __global__ void __launch_bounds__(kThreads) delta_kernel(const SelfAttnBwdParams
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) dgamma_kernel(const SelfAttnBwdParams p) {
-  __shared__ double smem[kThreads];
+  SAGAN_ROWSTATS_SMEM(smem);
   dgamma_block<T>(p, smem, threadIdx.x);
 }
 
@@ -128,50 +159,34 @@ __global__ void __launch_bounds__(kThreads) double_bwd_d_kernel(const SelfAttnDo
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) double_bwd_dgamma_kernel(const SelfAttnDoubleBwdParams p) {
-  __shared__ double smem[kThreads];
+  SAGAN_ROWSTATS_SMEM(smem);
   double_bwd_dgamma_block<T>(p, smem, threadIdx.x);
 }
-
-// Grid of the row dots: (query blocks of kThreads, batches capped at 65535).
-inline bool row_dot_grid(int64_t B, int64_t Nq, dim3* grid) {
-  const int64_t tiles = ceil_div(Nq, kThreads);
-  if (tiles > 2147483647LL) return false;
-  *grid = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(B < 65535 ? B : 65535));
-  return true;
-}
+#undef SAGAN_ROWSTATS_SMEM
 
 // delta and dgamma (before the main kernels).
 template <typename T>
 cudaError_t launch_pre(const SelfAttnBwdParams& p, cudaStream_t stream) {
-  dim3 grid;
-  if (!row_dot_grid(p.B, p.Nq, &grid)) return cudaErrorInvalidConfiguration;
-  delta_kernel<T><<<grid, kThreads, 0, stream>>>(p);
-  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  dgamma_kernel<T><<<1, kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  if (cudaError_t e = launch_plan(plan_row_dot(p.B, p.Nq), delta_kernel<T>, stream, p); e != cudaSuccess)
+    return e;
+  return launch_plan(plan_block_sum(), dgamma_kernel<T>, stream, p);
 }
 
-// df from df_accum (after the main kernels, atomic mode only).
+// df from df_accum (after the main kernels; its plan runs in the atomic mode only).
 template <typename T>
 cudaError_t launch_post(const SelfAttnBwdParams& p, cudaStream_t stream) {
-  const int64_t n = p.B * p.Cqk * p.Nq;
-  const int64_t blocks = ceil_div(n, kThreads) < 65535 ? ceil_div(n, kThreads) : 65535;
-  df_finish_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_plan(plan_df_finish(p), df_finish_kernel<T>, stream, p);
 }
+
 // Double backward: D (before its kernels) and d_gamma (after them).
 template <typename T>
 cudaError_t launch_double_bwd_pre(const SelfAttnDoubleBwdParams& p, cudaStream_t stream) {
-  dim3 grid;
-  if (!row_dot_grid(p.B, p.Nq, &grid)) return cudaErrorInvalidConfiguration;
-  double_bwd_d_kernel<T><<<grid, kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_plan(plan_row_dot(p.B, p.Nq), double_bwd_d_kernel<T>, stream, p);
 }
 
 template <typename T>
 cudaError_t launch_double_bwd_post(const SelfAttnDoubleBwdParams& p, cudaStream_t stream) {
-  double_bwd_dgamma_kernel<T><<<1, kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_plan(plan_block_sum(), double_bwd_dgamma_kernel<T>, stream, p);
 }
 #endif  // __CUDACC__
 

@@ -41,14 +41,14 @@ inline bool atomic_df_in_dg(const SelfAttnBwdParams& p) {
 
 // The entry points: self_attn_cuda_dispatch.cu picks the kernel family (tensor cores for
 // float16/bfloat16 with Cqk <= mma::kMaxCqk on sm_80+ and B <= mma::kMaxBatch, SIMT otherwise, or SIMT
-// always when the environment variable SAGAN_ATTN_CUDA_KERNELS=simt is set), the tile configuration
-// and the grid, for the current CUDA device.
+// always when the environment variable SAGAN_ATTN_CUDA_KERNELS=simt is set) and the tile configuration,
+// for the current CUDA device; each family's launch plans (self_attn_launch_plan.h) the grids.
 cudaError_t self_attn_fwd(DType dtype, const SelfAttnFwdParams& p, cudaStream_t stream);
 cudaError_t self_attn_bwd(DType dtype, const SelfAttnBwdParams& p, cudaStream_t stream);
 
 // The double backward (kernels/self_attn_params.h, SelfAttnDoubleBwdParams): device pointers of dtype
-// `dtype` (lse float64, rowstats the accumulate type, d_gamma float64), gamma read on the device,
-// ugamma by value. Writes the row statistics p.rowstats (D, R, P, Q), then p.d_f, p.d_g, p.d_h, p.d_dy
+// `dtype` (lse float64, rowstats the accumulate type, d_gamma float64), gamma and ugamma read on the
+// device. Writes the row statistics p.rowstats (D, R, P, Q), then p.d_f, p.d_g, p.d_h, p.d_dy
 // (contiguous, fully) and p.d_gamma; no atomics: bitwise identical run to run. SIMT kernels for every
 // dtype and shape (kernels/cuda/simt/self_attn_simt_double_bwd_kernel.cuh); no tensor-core variant yet.
 cudaError_t self_attn_double_bwd(DType dtype, const SelfAttnDoubleBwdParams& p, cudaStream_t stream);

@@ -1,8 +1,9 @@
-// The one place that chooses the CUDA kernels of a call: the family (tensor cores or SIMT), the tile
-// configuration (the padded Cqk of the tensor-core kernels) and the grid limits, through the switches
-// of self_attn_static_switch.h into the launchers declared by self_attn_cuda_instantiations.h; and the
+// The one place that chooses the CUDA kernels of a call: the family (tensor cores or SIMT) and the tile
+// configuration (the padded Cqk of the tensor-core kernels), through the switches of
+// self_attn_static_switch.h into the launchers declared by self_attn_cuda_instantiations.h; and the
 // whole backward and double backward: their pre- and post-processing (self_attn_bwd_rowstats.cuh)
-// around the family's kernels.
+// around the family's kernels. Grids and shared memory are each family's launch plans
+// (self_attn_launch_plan.h).
 #include <cstdlib>
 #include <cstring>
 
@@ -64,7 +65,7 @@ cudaError_t self_attn_fwd(DType dtype, const SelfAttnFwdParams& p, cudaStream_t 
       });
 }
 
-// delta and dgamma, the family's kernels, then (atomic mode) df from df_accum.
+// delta and dgamma, the family's kernels, then (atomic mode: launch_post's plan) df from df_accum.
 cudaError_t self_attn_bwd(DType dtype, const SelfAttnBwdParams& p, cudaStream_t stream) {
   if (p.B <= 0 || p.Nq <= 0) return cudaSuccess;  // the checks forbid it; nothing to write
   cudaError_t e = with_dtype(dtype, [&](auto tag) {
@@ -77,7 +78,7 @@ cudaError_t self_attn_bwd(DType dtype, const SelfAttnBwdParams& p, cudaStream_t 
       [&](auto tag, auto cqk) {
         return mma::launch_bwd<typename decltype(tag)::type, decltype(cqk)::value>(p, stream);
       });
-  if (e != cudaSuccess || !atomic_df_in_dg(p)) return e;
+  if (e != cudaSuccess) return e;
   return with_dtype(dtype, [&](auto tag) {
     return rowstats::launch_post<typename decltype(tag)::type>(p, stream);
   });

@@ -33,7 +33,8 @@ namespace sagan::kernels::cuda::mma {
 // Scores are handled in base 2 (exp2f), as in the SIMT kernels: see ExpBase in self_attn_cuda_common.cuh.
 inline constexpr float kLog2e = static_cast<float>(ExpBase<float>::kFromNatural);
 
-// Whether a (B, rows, N) tensor's tiles can be loaded with 16-byte cp.async.
+// Whether a (B, rows, N) tensor's tiles can be loaded with 16-byte cp.async (the launch plans'
+// choice, self_attn_mma_launch_plan.cuh).
 inline bool tiles_aligned(const void* ptr, int64_t sb, int64_t sc, int64_t n) {
   return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && sb % 8 == 0 && sc % 8 == 0 && n % 8 == 0;
 }
@@ -578,68 +579,5 @@ __global__ void __launch_bounds__(kThreads) self_attn_bwd_df_mma_kernel(const Se
       df[(b * p.Cqk + c) * p.Nq + q0 + q] = convert<T>(sOut[c * kLdF + q]);
   }
 }
-
-// ---------------------------------------------------------------------------------------------------
-// Launchers (one instantiation per dtype x kCqk, in instantiations/). nvcc only: the host emulation
-// (g++, tests/emulation/mma) runs the kernels above block by block itself.
-#if defined(__CUDACC__)
-
-template <typename Kernel>
-cudaError_t set_smem(Kernel kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-}
-
-template <typename T, int kCqk>
-cudaError_t launch_fwd(const SelfAttnFwdParams& p, cudaStream_t stream) {
-  const bool aligned = tiles_aligned(p.f, p.f_sb, p.f_sc, p.Nq) && tiles_aligned(p.g, p.g_sb, p.g_sc, p.Nk) &&
-                       tiles_aligned(p.h, p.h_sb, p.h_sc, p.Nk);
-  constexpr size_t bytes = FwdSmem<T, kCqk>::kBytes;
-  auto kernel = self_attn_fwd_mma_kernel<T, kCqk>;
-  if (cudaError_t e = set_smem(kernel, bytes); e != cudaSuccess) return e;
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, kTile)), static_cast<unsigned>(ceil_div(p.Cv, kTile)),
-                  static_cast<unsigned>(p.B));
-  kernel<<<grid, kThreads, bytes, stream>>>(p, aligned);
-  return cudaGetLastError();
-}
-
-template <typename T, int kCqk>
-cudaError_t launch_bwd(const SelfAttnBwdParams& p, cudaStream_t stream) {
-  const bool aligned = tiles_aligned(p.f, p.f_sb, p.f_sc, p.Nq) && tiles_aligned(p.g, p.g_sb, p.g_sc, p.Nk) &&
-                       tiles_aligned(p.h, p.h_sb, p.h_sc, p.Nk) &&
-                       tiles_aligned(p.dy, p.dy_sb, p.dy_sc, p.Nq);
-  const bool atomic_df = atomic_df_in_dg(p);
-  const unsigned B = static_cast<unsigned>(p.B);
-  const unsigned n_qt = static_cast<unsigned>(ceil_div(p.Nq, kTile));
-  const unsigned n_kt = static_cast<unsigned>(ceil_div(p.Nk, kTile));
-  const unsigned n_cc = static_cast<unsigned>(ceil_div(p.Cv, kTile));
-
-  if (p.want_dh) {
-    auto dh_kernel = self_attn_bwd_dh_mma_kernel<T, kCqk>;
-    constexpr size_t dh_bytes = DhSmem<T, kCqk>::kBytes;
-    if (cudaError_t e = set_smem(dh_kernel, dh_bytes); e != cudaSuccess) return e;
-    dh_kernel<<<dim3(n_kt, n_cc, B), kThreads, dh_bytes, stream>>>(p, aligned);
-    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  }
-
-  if (p.want_dg) {
-    auto dg_kernel = self_attn_bwd_dg_mma_kernel<T, kCqk>;
-    constexpr size_t dg_bytes = DgSmem<T, kCqk>::kBytes;
-    if (cudaError_t e = set_smem(dg_kernel, dg_bytes); e != cudaSuccess) return e;
-    dg_kernel<<<dim3(n_kt, B), kThreads, dg_bytes, stream>>>(p, aligned, atomic_df);
-    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  }
-
-  if (p.want_df && !atomic_df) {
-    auto df_kernel = self_attn_bwd_df_mma_kernel<T, kCqk>;
-    constexpr size_t df_bytes = DfSmem<T, kCqk>::kBytes;
-    if (cudaError_t e = set_smem(df_kernel, df_bytes); e != cudaSuccess) return e;
-    df_kernel<<<dim3(n_qt, B), kThreads, df_bytes, stream>>>(p, aligned);
-    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  }
-  return cudaSuccess;
-}
-
-#endif  // __CUDACC__
 
 }  // namespace sagan::kernels::cuda::mma

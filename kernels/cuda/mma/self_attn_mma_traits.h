@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/self_attn_cuda_instantiations.h"
+#include "kernels/cuda/self_attn_launch_plan.h"
 #include "kernels/cuda/self_attn_static_switch.h"
 
 namespace sagan::kernels::cuda::mma {
@@ -21,6 +22,6 @@ constexpr int last_of(IntList<Cs...>) { int v = 0; ((v = Cs), ...); return v; }
 inline constexpr int64_t kMaxCqk = last_of(PaddedCqks{});
 
 inline constexpr int kMinArchMajor = 8;         // mma.sync m16n8k16 with bf16, ldmatrix, cp.async
-inline constexpr int64_t kMaxBatch = 65535;      // the batch is grid dimension z, not looped over
+inline constexpr int64_t kMaxBatch = kMaxGridYZ;  // the batch is grid dimension y or z, not looped over
 
 }  // namespace sagan::kernels::cuda::mma

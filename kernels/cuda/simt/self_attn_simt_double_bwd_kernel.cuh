@@ -439,27 +439,30 @@ __device__ void double_bwd_key_block(const SelfAttnDoubleBwdParams& p, Acc gamma
   }
 }
 
-// Every part through one entry, for the kernel template and the host emulation alike. gamma is read
-// from the device here (never on the host); ugamma comes by value (SelfAttnDoubleBwdParams::ugamma).
+// Every part through one entry, for the kernel template and the host emulation alike. gamma and
+// ugamma are read from the device here (never on the host: no synchronisation, graph capturable).
 template <typename T, typename Acc, int VC, DoubleBwdPart kPart>
-__device__ void double_bwd_block(const SelfAttnDoubleBwdParams& p, Acc ugamma, Acc scale_exp, Acc* smem,
-                                 int tid, int64_t bx, int64_t by, int64_t bz, int64_t gy, int64_t gz) {
-  const Acc gamma = convert<Acc>(static_cast<const T*>(p.gamma)[0]);
+__device__ void double_bwd_block(const SelfAttnDoubleBwdParams& p, Acc scale_exp, Acc* smem, int tid,
+                                 int64_t bx, int64_t by, int64_t bz, int64_t gy, int64_t gz) {
   if constexpr (kPart == DoubleBwdPart::kStats) {
     double_bwd_stats_block<T, Acc>(p, scale_exp, smem, tid, bx, bz, gz);
-  } else if constexpr (kPart == DoubleBwdPart::kDf || kPart == DoubleBwdPart::kDdy) {
-    double_bwd_query_block<T, Acc, VC, kPart>(p, gamma, ugamma, scale_exp, smem, tid, bx, by, bz, gy, gz);
   } else {
-    double_bwd_key_block<T, Acc, VC, kPart>(p, gamma, ugamma, scale_exp, smem, tid, bx, by, bz, gy, gz);
+    const Acc gamma = convert<Acc>(static_cast<const T*>(p.gamma)[0]);
+    const Acc ugamma = convert<Acc>(static_cast<const T*>(p.ugamma)[0]);
+    if constexpr (kPart == DoubleBwdPart::kDf || kPart == DoubleBwdPart::kDdy) {
+      double_bwd_query_block<T, Acc, VC, kPart>(p, gamma, ugamma, scale_exp, smem, tid, bx, by, bz, gy, gz);
+    } else {
+      double_bwd_key_block<T, Acc, VC, kPart>(p, gamma, ugamma, scale_exp, smem, tid, bx, by, bz, gy, gz);
+    }
   }
 }
 
 #if defined(__CUDACC__)
 template <typename T, typename Acc, int VC, DoubleBwdPart kPart>
 __global__ void __launch_bounds__(kThreads, SimtMinBlocks<Acc>::value)
-    self_attn_simt_double_bwd_kernel(const SelfAttnDoubleBwdParams p, Acc ugamma, Acc scale_exp) {
+    self_attn_simt_double_bwd_kernel(const SelfAttnDoubleBwdParams p, Acc scale_exp) {
   extern __shared__ __align__(16) unsigned char sagan_simt_double_bwd_smem[];
-  double_bwd_block<T, Acc, VC, kPart>(p, ugamma, scale_exp,
+  double_bwd_block<T, Acc, VC, kPart>(p, scale_exp,
                                       reinterpret_cast<Acc*>(sagan_simt_double_bwd_smem), threadIdx.x,
                                       blockIdx.x, blockIdx.y, blockIdx.z, gridDim.y, gridDim.z);
 }

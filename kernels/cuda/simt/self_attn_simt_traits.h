@@ -52,8 +52,7 @@ struct SimtMinBlocks<double> {
   static constexpr int value = 1;
 };
 
-// Grid limits: y and z (channel chunks, batch) are capped and looped over inside the kernels.
-constexpr int64_t kMaxGridYZ = 65535;
-constexpr int64_t kMaxGridX = 2147483647;
+// Grids (self_attn_simt_launch_plan.cuh): y and z (channel chunks, batch) are capped at the device
+// limits of self_attn_launch_plan.h and looped over inside the kernels.
 
 }  // namespace sagan::kernels::cuda::simt

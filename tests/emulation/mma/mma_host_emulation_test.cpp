@@ -5,14 +5,15 @@
 // rounded inputs. Covers both dtypes, every padded Cqk instantiation, the cp.async (aligned) and
 // element-load paths, shapes that break the tiles, softmax specials, bitwise equality under two
 // schedules, and planted layout / synchronisation bugs that must fail. The launchers (<<<>>>) are not
-// run: their grids, smem sizes and load-path choice are restated in run_case_k.
+// run; their launch plans are (self_attn_mma_launch_plan.cuh: the same grids, shared memory, load path
+// and choice of kernels), by run_plan.
 //   g++ -std=c++20 -O2 -pthread -I/usr/local/cuda/include -I. -Wno-unknown-pragmas -Wno-attributes
 //       tests/emulation/mma/mma_host_emulation_test.cpp -o /tmp/mma_emu && /tmp/mma_emu
 // (from the repository root; all groups take a few minutes on two cores; an argument 1..7 runs one
 // group: 1 float16, 2 bfloat16, 3 more shapes, 4 softmax specials, 5 schedules, 6 planted layout
 // bugs, 7 planted synchronisation bugs).
 #include "tests/emulation/mma/mma_host_emulation.h"
-#include "kernels/cuda/mma/self_attn_mma_kernels.cuh"
+#include "kernels/cuda/mma/self_attn_mma_launch_plan.cuh"
 
 #include <algorithm>
 #include <chrono>
@@ -71,6 +72,16 @@ struct Strided {
 };
 
 struct Shape { int64_t B, Cqk, Cv, Nq, Nk; };
+
+// Runs a launch plan as its launcher launches it: every block of its grid, its threads and shared
+// memory; nothing when the plan does not launch. kernel() is the kernel bound to its arguments.
+template <typename Kernel>
+void run_plan(const LaunchPlan& pl, unsigned seed, Kernel&& kernel) {
+  if (!pl.fits) { fprintf(stderr, "test setup: a launch plan's grid does not fit\n"); std::abort(); }
+  if (!pl.launch) return;
+  emu::launch(dim3(static_cast<unsigned>(pl.grid_x), static_cast<unsigned>(pl.grid_y), static_cast<unsigned>(pl.grid_z)),
+              pl.threads, pl.smem_bytes, seed, kernel);
+}
 
 struct Ref { std::vector<double> o, y, lse, dh, dg, df; };
 
@@ -211,11 +222,10 @@ Outcome run_case_k(const Case& cs, unsigned sched_seed, bool quiet = false) {
   std::vector<double> lse(s.B * s.Nq, std::nan(""));
   p.o = o.data(); p.y = y.data(); p.lse = lse.data(); p.scale = cs.scale;
   p.gamma = &gamma_t;
-  const bool aligned = tiles_aligned(p.f, p.f_sb, p.f_sc, p.Nq) && tiles_aligned(p.g, p.g_sb, p.g_sc, p.Nk) &&
-                       tiles_aligned(p.h, p.h_sb, p.h_sc, p.Nk);
+  const LaunchPlan fw = plan_fwd<T, kCqk>(p);
+  const bool aligned = fw.aligned;
   if (aligned != cs.aligned_data) { fprintf(stderr, "test setup: aligned path %d for aligned data %d\n", aligned, cs.aligned_data); std::abort(); }
-  emu::launch(dim3(ceil_div(s.Nq, kTile), ceil_div(s.Cv, kTile), s.B), kThreads, FwdSmem<T, kCqk>::kBytes, sched_seed,
-              [&] { self_attn_fwd_mma_kernel<T, kCqk>(p, aligned); });
+  run_plan(fw, sched_seed, [&] { self_attn_fwd_mma_kernel<T, kCqk>(p, fw.aligned); });
 
   // Backward with the kernel's lse and o, delta as the glue computes it (float32 sum of dy * o).
   std::vector<float> delta(s.B * s.Nq);
@@ -236,23 +246,26 @@ Outcome run_case_k(const Case& cs, unsigned sched_seed, bool quiet = false) {
   q.dh = dh.data(); q.dg = dg.data(); q.df = df.data();
   q.gamma = &gamma_t;
   q.delta = delta.data();
-  const bool aligned_b = aligned && tiles_aligned(q.dy, q.dy_sb, q.dy_sc, q.Nq);
-  const unsigned n_qt = ceil_div(s.Nq, kTile), n_kt = ceil_div(s.Nk, kTile), n_cc = ceil_div(s.Cv, kTile);
-  const unsigned B = static_cast<unsigned>(s.B);
-  emu::launch(dim3(n_kt, n_cc, B), kThreads, DhSmem<T, kCqk>::kBytes, sched_seed + 1,
-              [&] { self_attn_bwd_dh_mma_kernel<T, kCqk>(q, aligned_b); });
-  // Deterministic mode: dg without atomics, then the df kernel.
-  emu::launch(dim3(n_kt, B), kThreads, DgSmem<T, kCqk>::kBytes, sched_seed + 2,
-              [&] { self_attn_bwd_dg_mma_kernel<T, kCqk>(q, aligned_b, false); });
-  emu::launch(dim3(n_qt, B), kThreads, DfSmem<T, kCqk>::kBytes, sched_seed + 3,
-              [&] { self_attn_bwd_df_mma_kernel<T, kCqk>(q, aligned_b); });
-  // Atomic mode: dg again (into its own buffer) and df_accum += ds g; the glue finishes
+  // Deterministic mode (no df_accum): dh, dg without atomics, then the df kernel.
+  const LaunchPlan dhp = plan_bwd_dh<T, kCqk>(q), dgp = plan_bwd_dg<T, kCqk>(q), dfp = plan_bwd_df<T, kCqk>(q);
+  if (!dhp.launch || !dgp.launch || dgp.atomic_df || !dfp.launch || dgp.aligned != (aligned && tiles_aligned(q.dy, q.dy_sb, q.dy_sc, q.Nq))) {
+    fprintf(stderr, "test setup: deterministic-mode plans\n");
+    std::abort();
+  }
+  run_plan(dhp, sched_seed + 1, [&] { self_attn_bwd_dh_mma_kernel<T, kCqk>(q, dhp.aligned); });
+  run_plan(dgp, sched_seed + 2, [&] { self_attn_bwd_dg_mma_kernel<T, kCqk>(q, dgp.aligned, dgp.atomic_df); });
+  run_plan(dfp, sched_seed + 3, [&] { self_attn_bwd_df_mma_kernel<T, kCqk>(q, dfp.aligned); });
+  // Atomic mode: dg again (into its own buffer) and df_accum += ds g, no df kernel; the glue finishes
   // df = gamma * scale * df_accum in float32 and rounds to T.
   std::vector<float> df_accum(s.B * s.Cqk * s.Nq, 0.f);
   q.df_accum = df_accum.data();
   q.dg = dg_atomic.data();
-  emu::launch(dim3(n_kt, B), kThreads, DgSmem<T, kCqk>::kBytes, sched_seed + 4,
-              [&] { self_attn_bwd_dg_mma_kernel<T, kCqk>(q, aligned_b, true); });
+  const LaunchPlan dga = plan_bwd_dg<T, kCqk>(q);
+  if (!dga.launch || !dga.atomic_df || plan_bwd_df<T, kCqk>(q).launch) {
+    fprintf(stderr, "test setup: atomic-mode plans\n");
+    std::abort();
+  }
+  run_plan(dga, sched_seed + 4, [&] { self_attn_bwd_dg_mma_kernel<T, kCqk>(q, dga.aligned, dga.atomic_df); });
   const float mul = static_cast<float>(gamma) * static_cast<float>(cs.scale);
   std::vector<T> dfa(df_accum.size());
   for (size_t i = 0; i < dfa.size(); ++i) dfa[i] = D::from_d(df_accum[i] * mul);
@@ -362,7 +375,8 @@ int softmax_specials() {
   p.o = o.data(); p.y = y.data(); p.lse = lse.data();
   p.scale = 1e37;  // |s| = 100: |s| scale log2(e) overflows float32 to inf; s = 0 stays 0
   p.gamma = &gamma_t;
-  emu::launch(dim3(1, 1, 1), kThreads, FwdSmem<T, 16>::kBytes, 7, [&] { self_attn_fwd_mma_kernel<T, 16>(p, false); });
+  const LaunchPlan fw = plan_fwd<T, 16>(p);  // element loads: the strides are odd
+  run_plan(fw, 7, [&] { self_attn_fwd_mma_kernel<T, 16>(p, fw.aligned); });
   int bad = 0;
   auto chk = [&](bool c, const char* w) { if (!c) { printf("FAIL %s %s\n", D::kName, w); ++bad; } };
   for (int c = 0; c < Cv; ++c) {

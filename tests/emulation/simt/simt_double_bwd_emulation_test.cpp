@@ -6,12 +6,14 @@
 // smaller than needed, a leading key tile of -inf logits (overflow in the kernel's precision), gamma = 0,
 // scale != 1, float32, float64, float16, bfloat16, and bitwise equality under two thread schedules and
 // grid caps. Strided inputs carry NaN in their padding (never read); outputs and row statistics start
-// as NaN (every element must be written).
+// as NaN (every element must be written). The kernels run on their launchers' plans
+// (self_attn_simt_launch_plan.cuh, self_attn_bwd_rowstats.cuh), with each test's channel tiles and
+// grid caps.
 //   g++ -std=c++20 -O2 -pthread -I/usr/local/cuda/include -I. -Wno-unknown-pragmas -Wno-attributes
 //       tests/emulation/simt/simt_double_bwd_emulation_test.cpp -o /tmp/simt_dbwd && /tmp/simt_dbwd
 // (from the repository root; an argument 1..4 runs one group).
 #include "tests/emulation/simt/simt_host_emulation.h"
-#include "kernels/cuda/simt/self_attn_simt_double_bwd_kernel.cuh"
+#include "kernels/cuda/simt/self_attn_simt_launch_plan.cuh"
 #include "kernels/cuda/self_attn_bwd_rowstats.cuh"
 #include <algorithm>
 #include <cstring>
@@ -208,8 +210,8 @@ bool test(const Case& k, unsigned seed, double tol, std::vector<double>* bits_ou
   using Acc = acc_t<T>;
   const Shape& s = k.s;
   std::mt19937 rng(4321 + s.B * 7 + s.Cqk * 13 + s.Cv * 17 + s.Nq * 19 + s.Nk * 23);
-  // ugamma and scale as the kernel sees them (Acc), so that the oracle has the kernel's inputs.
-  DbInputs<T> in(s, rng, to_d(from_d<T>(k.gamma)), static_cast<double>(static_cast<Acc>(k.ugamma)),
+  // gamma and ugamma as stored (T), scale as the kernel sees it (Acc): the oracle has the kernel's inputs.
+  DbInputs<T> in(s, rng, to_d(from_d<T>(k.gamma)), to_d(from_d<T>(k.ugamma)),
                  static_cast<double>(static_cast<Acc>(k.scale)));
   if (k.mask_leading) {
     // Channel 0 of f is M on two queries of three (0 on the others); of g, -M on the first key tile
@@ -240,7 +242,7 @@ bool test(const Case& k, unsigned seed, double tol, std::vector<double>* bits_ou
   for (size_t i = 0; i < fw.o.size(); ++i) { in.o[i] = from_d<T>(fw.o[i]); o_d[i] = to_d(in.o[i]); }
   const DbRef r = reference_double_bwd(in, o_d);
 
-  const T gamma_t = from_d<T>(k.gamma);
+  const T gamma_t = from_d<T>(k.gamma), ugamma_t = from_d<T>(k.ugamma);
   SelfAttnDoubleBwdParams p;
   p.B = s.B; p.Cqk = s.Cqk; p.Cv = s.Cv; p.Nq = s.Nq; p.Nk = s.Nk;
   p.dy = in.dy.data.data(); p.dy_sb = in.dy.sb; p.dy_sc = in.dy.sc;
@@ -250,7 +252,7 @@ bool test(const Case& k, unsigned seed, double tol, std::vector<double>* bits_ou
   p.o = in.o.data(); p.o_sb = s.Cv * s.Nq; p.o_sc = s.Nq;
   p.lse = in.lse.data(); p.gamma = &gamma_t;
   p.uf = in.uf.data.data(); p.ug = in.ug.data.data(); p.uh = in.uh.data.data();
-  p.ugamma = k.ugamma; p.scale = k.scale;
+  p.ugamma = &ugamma_t; p.scale = k.scale;
   const T nanT = from_d<T>(std::nan(""));
   std::vector<Acc> stats(4 * s.B * s.Nq, Acc(std::nan("")));
   std::vector<T> d_dy(s.B * s.Cv * s.Nq, nanT), d_f(s.B * s.Cqk * s.Nq, nanT), d_g(s.B * s.Cqk * s.Nk, nanT),
@@ -258,35 +260,32 @@ bool test(const Case& k, unsigned seed, double tol, std::vector<double>* bits_ou
   double d_gamma = std::nan("");
   p.rowstats = stats.data(); p.d_dy = d_dy.data(); p.d_f = d_f.data(); p.d_g = d_g.data(); p.d_h = d_h.data();
   p.d_gamma = &d_gamma;
-  const Acc ugamma = static_cast<Acc>(p.ugamma);
   const Acc scale_exp = static_cast<Acc>(p.scale * ExpBase<Acc>::kFromNatural);
 
   // D (grid: query blocks x capped batches), as the dispatch runs it first.
-  const int64_t gz = std::min(s.B, k.gz_cap);
-  for (int64_t by = 0; by < gz; ++by)
-    for (int64_t bx = 0; bx < ceil_div(s.Nq, rowstats::kThreads); ++bx)
-      emu::run_block(rowstats::kThreads, seed + 5 + (unsigned)(bx * 31 + by), 0,
-                     [&](int tid, void*) { rowstats::double_bwd_d_block<T>(p, tid, bx, by, gz); });
-  const int64_t q_tiles = ceil_div(s.Nq, kBlockQ), k_tiles = ceil_div(s.Nk, kBlockK);
-  run_grid(q_tiles, 1, gz, DoubleBwdSmem<Acc, 4>::kStatsBytes, seed, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-    double_bwd_block<T, Acc, 4, DoubleBwdPart::kStats>(p, ugamma, scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, 1, gz);
+  const LaunchPlan d_plan = rowstats::plan_row_dot(s.B, s.Nq, GridCaps{kMaxGridX, k.gz_cap, 1});
+  run_plan(d_plan, seed + 5, [&](int tid, void*, int64_t bx, int64_t by, int64_t) {
+    rowstats::double_bwd_d_block<T>(p, tid, bx, by, d_plan.grid_y);
   });
-  auto part = [&](auto vc, auto tag, int64_t tiles, int64_t C, unsigned sd) {
+  // The statistics (narrow tile), then the four outputs with the tiles of this test.
+  const GridCaps caps{kMaxGridX, k.gy_cap, k.gz_cap};
+  auto part = [&](auto vc, auto tag, unsigned sd) {
     constexpr int VC = decltype(vc)::value;
     constexpr DoubleBwdPart kPart = decltype(tag)::value;
-    using S = DoubleBwdSmem<Acc, VC>;
-    const int64_t gy = std::min(ceil_div(C, S::kBC), k.gy_cap);
-    run_grid(tiles, gy, gz, S::kBytes, sd, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-      double_bwd_block<T, Acc, VC, kPart>(p, ugamma, scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, gy, gz);
+    const LaunchPlan pl = plan_double_bwd<T, VC, kPart>(p, caps);
+    run_plan(pl, sd, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      double_bwd_block<T, Acc, VC, kPart>(p, scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, pl.grid_y, pl.grid_z);
     });
   };
+  using VN = std::integral_constant<int, SimtChannelTiles<Acc>::kNarrow>;
   using VQ = std::integral_constant<int, VCQ>;
   using VV = std::integral_constant<int, VCV>;
-  part(VQ{}, std::integral_constant<DoubleBwdPart, DoubleBwdPart::kDf>{}, q_tiles, s.Cqk, seed + 1);
-  part(VV{}, std::integral_constant<DoubleBwdPart, DoubleBwdPart::kDdy>{}, q_tiles, s.Cv, seed + 2);
-  part(VQ{}, std::integral_constant<DoubleBwdPart, DoubleBwdPart::kDg>{}, k_tiles, s.Cqk, seed + 3);
-  part(VV{}, std::integral_constant<DoubleBwdPart, DoubleBwdPart::kDh>{}, k_tiles, s.Cv, seed + 4);
-  emu::run_block(rowstats::kThreads, seed + 6, rowstats::kThreads * sizeof(double), [&](int tid, void* sm) {
+  part(VN{}, std::integral_constant<DoubleBwdPart, DoubleBwdPart::kStats>{}, seed);
+  part(VQ{}, std::integral_constant<DoubleBwdPart, DoubleBwdPart::kDf>{}, seed + 1);
+  part(VV{}, std::integral_constant<DoubleBwdPart, DoubleBwdPart::kDdy>{}, seed + 2);
+  part(VQ{}, std::integral_constant<DoubleBwdPart, DoubleBwdPart::kDg>{}, seed + 3);
+  part(VV{}, std::integral_constant<DoubleBwdPart, DoubleBwdPart::kDh>{}, seed + 4);
+  run_plan(rowstats::plan_block_sum(), seed + 6, [&](int tid, void* sm, int64_t, int64_t, int64_t) {
     rowstats::double_bwd_dgamma_block<T>(p, static_cast<double*>(sm), tid);
   });
 

@@ -1,7 +1,7 @@
 // What the host emulation tests of the SIMT kernels share (simt_host_emulation_test.cpp,
 // simt_double_bwd_emulation_test.cpp): strided random inputs, the float64 reference of the forward and
-// backward, relative errors, and a grid runner over emu::run_block. Include after
-// simt_host_emulation.h and the kernel headers. Test-only.
+// backward, relative errors, and a runner of the launchers' plans over emu::run_block. Include after
+// simt_host_emulation.h and the kernel and plan headers. Test-only.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -116,12 +116,20 @@ double rel_err(const std::vector<V>& got, const std::vector<double>& ref, const 
   return e / (mx + 1e-300);
 }
 
-// Runs every block of a grid (tiles x chunks x batch) with grid y, z possibly smaller than needed.
+// Runs a launch plan as its launcher launches it (kernels/cuda/self_attn_launch_plan.h): every block
+// of its grid (y, z possibly capped below what the problem needs: the kernels loop), its threads, its
+// shared memory; nothing when the plan does not launch. body(tid, smem, bx, by, bz) is one thread.
 template <typename F>
-void run_grid(int64_t nx, int64_t gy, int64_t gz, size_t smem, unsigned seed, F body) {
-  for (int64_t bz = 0; bz < gz; ++bz)
-    for (int64_t by = 0; by < gy; ++by)
-      for (int64_t bx = 0; bx < nx; ++bx)
-        emu::run_block(sagan::kernels::cuda::simt::kThreads, seed + (unsigned)(bx * 7919 + by * 104729 + bz * 1299709), smem,
+void run_plan(const sagan::kernels::cuda::LaunchPlan& pl, unsigned seed, F body) {
+  if (!pl.fits) {
+    fprintf(stderr, "test setup: a launch plan's grid does not fit (%lld, %lld, %lld)\n", (long long)pl.grid_x,
+            (long long)pl.grid_y, (long long)pl.grid_z);
+    std::abort();
+  }
+  if (!pl.launch) return;
+  for (int64_t bz = 0; bz < pl.grid_z; ++bz)
+    for (int64_t by = 0; by < pl.grid_y; ++by)
+      for (int64_t bx = 0; bx < pl.grid_x; ++bx)
+        emu::run_block(pl.threads, seed + (unsigned)(bx * 7919 + by * 104729 + bz * 1299709), pl.smem_bytes,
                        [&](int tid, void* sm) { body(tid, sm, bx, by, bz); });
 }

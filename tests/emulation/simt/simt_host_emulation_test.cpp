@@ -2,12 +2,15 @@
 // simt_host_emulation.h and checks them against a float64 reference: random strided inputs (NaN in
 // the stride padding, which must never be read), shapes that break every tile, both channel tiles,
 // grid y / z smaller than needed (the in-kernel loops), softmax specials, empty sizes, and bitwise
-// equality of two runs under different thread schedules (races). The launchers (<<<>>>) are not run.
+// equality of two runs under different thread schedules (races). The launchers (<<<>>>) are not run;
+// their launch plans are (self_attn_simt_launch_plan.cuh, self_attn_bwd_rowstats.cuh: the same
+// grids, shared memory and choice of kernels), with the channel tile of each test and the grid caps
+// of the capped cases.
 //   g++ -std=c++20 -O2 -pthread -I/usr/local/cuda/include -I. -Wno-unknown-pragmas -Wno-attributes
 //       tests/emulation/simt/simt_host_emulation_test.cpp -o /tmp/simt_emu && /tmp/simt_emu
 // (from the repository root; about two minutes on two cores; an argument 1..6 runs one group).
 #include "tests/emulation/simt/simt_host_emulation.h"
-#include "kernels/cuda/simt/self_attn_simt_kernel.cuh"
+#include "kernels/cuda/simt/self_attn_simt_launch_plan.cuh"
 #include "kernels/cuda/self_attn_bwd_rowstats.cuh"
 #include <algorithm>
 #include <cassert>
@@ -40,12 +43,11 @@ bool test(const Shape& s, bool with_x, double gamma_v, double scale, int64_t gy_
   std::vector<double> lse(s.B * s.Nq, std::nan(""));
   p.o = o.data(); p.y = y.data(); p.lse = lse.data(); p.scale = scale;
   const Acc scale_exp = static_cast<Acc>(scale * ExpBase<Acc>::kFromNatural);
-  if (s.B > 0 && s.Nq > 0) {
-    using S = FwdSmem<Acc, VCF>;
-    const int64_t n_cv = s.Cv > 0 ? ceil_div(s.Cv, S::kBCV) : 1;
-    const int64_t gy = std::min(n_cv, gy_cap), gz = std::min(s.B, gz_cap);
-    run_grid(ceil_div(s.Nq, kBlockQ), gy, gz, S::kBytes, seed, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-      fwd_block<T, Acc, VCF>(p, &gamma_t, scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, gy, gz);
+  const GridCaps caps{kMaxGridX, gy_cap, gz_cap};
+  {
+    const LaunchPlan pl = plan_fwd<T, VCF>(p, caps);
+    run_plan(pl, seed, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      fwd_block<T, Acc, VCF>(p, &gamma_t, scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, pl.grid_y, pl.grid_z);
     });
   }
   bool nan = false, ok = true;
@@ -65,49 +67,45 @@ bool test(const Shape& s, bool with_x, double gamma_v, double scale, int64_t gy_
   std::vector<Acc> delta(s.B * s.Nq, Acc(std::nan("")));
   double dgamma = std::nan("");
   q.delta = delta.data(); q.dgamma = &dgamma;
-  if (s.B > 0 && s.Nq > 0) {
-    const int64_t gy = std::min(s.B, gz_cap);
-    for (int64_t by = 0; by < gy; ++by)
-      for (int64_t bx = 0; bx < ceil_div(s.Nq, rowstats::kThreads); ++bx)
-        emu::run_block(rowstats::kThreads, seed + 5 + (unsigned)(bx * 31 + by), 0,
-                       [&](int tid, void*) { rowstats::delta_block<T>(q, tid, bx, by, gy); });
-    emu::run_block(rowstats::kThreads, seed + 6, rowstats::kThreads * sizeof(double),
-                   [&](int tid, void* sm) { rowstats::dgamma_block<T>(q, static_cast<double*>(sm), tid); });
+  if (s.B > 0 && s.Nq > 0) {  // as the dispatch: nothing to do otherwise
+    const LaunchPlan rd = rowstats::plan_row_dot(s.B, s.Nq, GridCaps{kMaxGridX, gz_cap, 1});
+    run_plan(rd, seed + 5, [&](int tid, void*, int64_t bx, int64_t by, int64_t) {
+      rowstats::delta_block<T>(q, tid, bx, by, rd.grid_y);
+    });
+    run_plan(rowstats::plan_block_sum(), seed + 6, [&](int tid, void* sm, int64_t, int64_t, int64_t) {
+      rowstats::dgamma_block<T>(q, static_cast<double*>(sm), tid);
+    });
   }
+  // Deterministic mode (no df_accum): dh, dg without atomics, df.
+  const LaunchPlan dhp = plan_bwd_dh<T, VCB>(q, caps), dgp = plan_bwd_dg<T, VCB>(q, caps), dfp = plan_bwd_df<T, VCB>(q, caps);
+  run_plan(dhp, seed + 1, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+    bwd_dh_block<T, Acc, VCB>(q, &gamma_t, scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, dhp.grid_y, dhp.grid_z);
+  });
+  run_plan(dgp, seed + 2, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+    bwd_dg_block<T, Acc, VCB>(q, &gamma_t, delta.data(), dgp.atomic_df ? static_cast<Acc*>(q.df_accum) : nullptr, scale_exp,
+                              static_cast<Acc*>(sm), tid, bx, by, bz, dgp.grid_y, dgp.grid_z);
+  });
+  run_plan(dfp, seed + 4, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+    bwd_df_block<T, Acc, VCB>(q, &gamma_t, delta.data(), scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, dfp.grid_y,
+                              dfp.grid_z);
+  });
+  // Atomic mode: dg again (same values) and df_accum += ds g, then df = gamma scale df_accum by the
+  // finish pass (its grid-stride loop on a grid capped at 3 blocks); the plans leave df to it.
   std::vector<Acc> dfacc(s.B * s.Cqk * s.Nq, Acc(0));
-  if (s.B > 0 && s.Cv > 0 && s.Nk > 0) {
-    using S = DhSmem<Acc, VCB>;
-    const int64_t gy = std::min(ceil_div(s.Cv, S::kBCV), gy_cap), gz = std::min(s.B, gz_cap);
-    run_grid(ceil_div(s.Nk, kBlockK), gy, gz, S::kBytes, seed + 1, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-      bwd_dh_block<T, Acc, VCB>(q, &gamma_t, scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, gy, gz);
-    });
+  SelfAttnBwdParams qa = q;
+  qa.df = df2.data(); qa.df_accum = dfacc.data();
+  const LaunchPlan dga = plan_bwd_dg<T, VCB>(qa, caps), fin = rowstats::plan_df_finish(qa, GridCaps{3, 1, 1});
+  if (!atomic_df_in_dg(qa) || plan_bwd_df<T, VCB>(qa, caps).launch || (dga.launch && !dga.atomic_df)) {
+    fprintf(stderr, "test setup: atomic-mode plans\n");
+    std::abort();
   }
-  if (s.B > 0 && s.Cqk > 0 && s.Nk > 0) {
-    using S = DgSmem<Acc, VCB>;
-    const int64_t gy = std::min(ceil_div(s.Cqk, S::kBCQ), gy_cap), gz = std::min(s.B, gz_cap);
-    // deterministic mode (no atomics), then atomic mode into dfacc (dg written twice, same values)
-    run_grid(ceil_div(s.Nk, kBlockK), gy, gz, S::kBytes, seed + 2, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-      bwd_dg_block<T, Acc, VCB>(q, &gamma_t, delta.data(), nullptr, scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, gy, gz);
-    });
-    run_grid(ceil_div(s.Nk, kBlockK), gy, gz, S::kBytesAtomic, seed + 3, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-      bwd_dg_block<T, Acc, VCB>(q, &gamma_t, delta.data(), dfacc.data(), scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, gy, gz);
-    });
-  }
-  if (s.B > 0 && s.Cqk > 0 && s.Nq > 0) {
-    using S = DfSmem<Acc, VCB>;
-    const int64_t gy = std::min(ceil_div(s.Cqk, S::kBCQ), gy_cap), gz = std::min(s.B, gz_cap);
-    run_grid(ceil_div(s.Nq, kBlockQ), gy, gz, S::kBytes, seed + 4, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-      bwd_df_block<T, Acc, VCB>(q, &gamma_t, delta.data(), scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, gy, gz);
-    });
-  }
-  if (!df2.empty()) {  // the post-processing of the atomic mode: df = gamma scale df_accum
-    SelfAttnBwdParams post = q;
-    post.df = df2.data(); post.df_accum = dfacc.data();
-    const int64_t gx = std::min<int64_t>(ceil_div(df2.size(), rowstats::kThreads), 3);  // grid-stride loop
-    for (int64_t bx = 0; bx < gx; ++bx)
-      emu::run_block(rowstats::kThreads, seed + 7 + (unsigned)bx, 0,
-                     [&](int tid, void*) { rowstats::df_finish_block<T>(post, tid, bx, gx); });
-  }
+  run_plan(dga, seed + 3, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+    bwd_dg_block<T, Acc, VCB>(qa, &gamma_t, delta.data(), dga.atomic_df ? static_cast<Acc*>(qa.df_accum) : nullptr,
+                              scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, dga.grid_y, dga.grid_z);
+  });
+  run_plan(fin, seed + 7, [&](int tid, void*, int64_t bx, int64_t, int64_t) {
+    rowstats::df_finish_block<T>(qa, tid, bx, fin.grid_x);
+  });
   double dgamma_ref = 0;
   for (double d : r.delta) dgamma_ref += d;
   double delta_mag = 0;  // sum of |delta|: the yardstick of a sum that may cancel
@@ -145,8 +143,9 @@ int fwd_special() {
   p.f = f.data(); p.f_sb = Nq; p.f_sc = Nq; p.g = g.data(); p.g_sb = Nk; p.g_sc = Nk; p.h = h.data(); p.h_sb = Cv * Nk; p.h_sc = Nk;
   p.o = o.data(); p.y = y.data(); p.lse = lse.data(); p.scale = 1.0;
   const float gamma = 2.f; const float se = (float)(1.0 * ExpBase<float>::kFromNatural);
-  run_grid(1, 1, B, FwdSmem<float, VC>::kBytes, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-    fwd_block<float, float, VC>(p, &gamma, se, (float*)sm, tid, bx, by, bz, 1, B); });
+  const LaunchPlan pl = plan_fwd<float, VC>(p);
+  run_plan(pl, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+    fwd_block<float, float, VC>(p, &gamma, se, (float*)sm, tid, bx, by, bz, pl.grid_y, pl.grid_z); });
   int bad = 0;
   auto chk = [&](bool c, const char* w) { if (!c) { printf("FAIL %s\n", w); ++bad; } };
   for (int c = 0; c < Cv; ++c) {
@@ -168,6 +167,7 @@ int fwd_special() {
   printf("special VC=%d: o0=%g lse=%g %g %g | %g %g %g\n", VC, o[0], lse[0], lse[1], lse[2], lse[3], lse[4], lse[5]);
   return bad;
 }
+// Sizes that make a loop empty: the plans still launch the kernels that write zeros (or lse, or y = x).
 int edge_sizes() {
   int bad = 0;
   auto chk = [&](bool c, const char* w) { if (!c) { printf("FAIL %s\n", w); ++bad; } };
@@ -180,8 +180,10 @@ int edge_sizes() {
     p.f = &dummy; p.g = &dummy; p.h = &dummy; p.x = x.data(); p.x_sb = Cv * Nq; p.x_sc = Nq;
     p.o = o.data(); p.y = y.data(); p.lse = lse.data();
     const float gamma = 2.f;
-    run_grid(1, 1, 1, FwdSmem<float, 4>::kBytes, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-      fwd_block<float, float, 4>(p, &gamma, 1.f, (float*)sm, tid, bx, by, bz, 1, 1); });
+    const LaunchPlan pl = plan_fwd<float, 4>(p);
+    chk(pl.launch, "Nk=0 forward launched");
+    run_plan(pl, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      fwd_block<float, float, 4>(p, &gamma, 1.f, (float*)sm, tid, bx, by, bz, pl.grid_y, pl.grid_z); });
     for (auto v : o) chk(v == 0.f, "Nk=0 o");
     for (auto v : y) chk(v == 1.5f, "Nk=0 y");
     for (auto v : lse) chk(std::isinf(v) && v < 0, "Nk=0 lse");
@@ -193,8 +195,10 @@ int edge_sizes() {
     SelfAttnFwdParams p; p.B = B; p.Cqk = Cqk; p.Cv = Cv; p.Nq = Nq; p.Nk = Nk;
     p.f = &dummy; p.g = &dummy; p.h = &dummy; p.o = &dummy; p.y = &dummy; p.lse = lse.data();
     const float gamma = 2.f;
-    run_grid(1, 1, B, FwdSmem<float, 4>::kBytes, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-      fwd_block<float, float, 4>(p, &gamma, 1.f, (float*)sm, tid, bx, by, bz, 1, B); });
+    const LaunchPlan pl = plan_fwd<float, 4>(p);
+    chk(pl.launch, "Cv=0 forward launched");
+    run_plan(pl, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      fwd_block<float, float, 4>(p, &gamma, 1.f, (float*)sm, tid, bx, by, bz, pl.grid_y, pl.grid_z); });
     for (auto v : lse) chk(std::abs(v - std::log(9.0)) < 1e-6, "Cv=0 lse");
   }
   // Backward with Nq == 0: dh = 0, dg = 0 written.
@@ -205,11 +209,15 @@ int edge_sizes() {
     SelfAttnBwdParams q; q.B = B; q.Cqk = Cqk; q.Cv = Cv; q.Nq = Nq; q.Nk = Nk;
     q.f = f.data(); q.g = g.data(); q.g_sc = Nk; q.g_sb = Cqk * Nk; q.h = h.data(); q.h_sc = Nk; q.h_sb = Cv * Nk; q.dy = dy.data();
     q.lse = lse.data(); q.dh = dh.data(); q.dg = dg.data();
+    q.df_accum = delta.data();  // the atomic mode (nothing to add with Nq == 0)
     const float gamma = 2.f;
-    run_grid(1, 1, 1, DhSmem<float, 4>::kBytes, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-      bwd_dh_block<float, float, 4>(q, &gamma, 1.f, (float*)sm, tid, bx, by, bz, 1, 1); });
-    run_grid(1, 1, 1, DgSmem<float, 4>::kBytesAtomic, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-      bwd_dg_block<float, float, 4>(q, &gamma, delta.data(), (float*)delta.data(), 1.f, (float*)sm, tid, bx, by, bz, 1, 1); });
+    const LaunchPlan dhp = plan_bwd_dh<float, 4>(q), dgp = plan_bwd_dg<float, 4>(q);
+    chk(dhp.launch && dgp.launch && dgp.atomic_df, "Nq=0 dh and atomic dg launched");
+    run_plan(dhp, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      bwd_dh_block<float, float, 4>(q, &gamma, 1.f, (float*)sm, tid, bx, by, bz, dhp.grid_y, dhp.grid_z); });
+    run_plan(dgp, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      bwd_dg_block<float, float, 4>(q, &gamma, delta.data(), static_cast<float*>(q.df_accum), 1.f, (float*)sm, tid, bx, by,
+                                    bz, dgp.grid_y, dgp.grid_z); });
     for (auto v : dh) chk(v == 0.f, "Nq=0 dh");
     for (auto v : dg) chk(v == 0.f, "Nq=0 dg");
   }
@@ -222,8 +230,10 @@ int edge_sizes() {
     q.f = f.data(); q.f_sc = Nq; q.f_sb = Cqk * Nq; q.g = dummy.data(); q.h = dummy.data(); q.dy = dy.data(); q.dy_sc = Nq; q.dy_sb = Cv * Nq;
     q.lse = lse.data(); q.df = df.data();
     const float gamma = 2.f;
-    run_grid(1, 1, 1, DfSmem<float, 4>::kBytes, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-      bwd_df_block<float, float, 4>(q, &gamma, delta.data(), 1.f, (float*)sm, tid, bx, by, bz, 1, 1); });
+    const LaunchPlan pl = plan_bwd_df<float, 4>(q);
+    chk(pl.launch, "Nk=0 df launched");
+    run_plan(pl, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
+      bwd_df_block<float, float, 4>(q, &gamma, delta.data(), 1.f, (float*)sm, tid, bx, by, bz, pl.grid_y, pl.grid_z); });
     for (auto v : df) chk(v == 0.f, "Nk=0 df");
   }
   printf("edge sizes: %d failures\n", bad);
