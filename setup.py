@@ -28,6 +28,9 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 
+# The op library, which _C links and which lies beside it in the package (CMakeLists.txt).
+LIBRARY_FILE = "libsagan_attn.so"
+
 _SWITCH = {"1": "ON", "0": "OFF", "on": "ON", "off": "OFF", "auto": "AUTO"}
 
 
@@ -90,9 +93,33 @@ class CMakeBuild(build_ext):
         subprocess.run(cfg, check=True)
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
         subprocess.run(["cmake", "--build", str(build_dir), "--parallel", jobs], check=True)
+        # _C and the op library it links (RPATH $ORIGIN), side by side in build_lib (the wheel,
+        # `pip install .`); copy_extensions_to_source below takes both to python/sagan_attn (--inplace,
+        # editable installs).
         ext_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out_dir / ext_path.name, ext_path)
-        shutil.copymode(out_dir / ext_path.name, ext_path)
+        for name in (ext_path.name, LIBRARY_FILE):
+            shutil.copyfile(out_dir / name, ext_path.parent / name)
+            shutil.copymode(out_dir / name, ext_path.parent / name)
+
+    # setuptools knows of _C only; the op library beside it goes wherever _C goes.
+    def copy_extensions_to_source(self):
+        super().copy_extensions_to_source()
+        for built, inplace in self.get_output_mapping().items():
+            if Path(built).name == LIBRARY_FILE:
+                self.copy_file(built, inplace, level=self.verbose)
+
+    def get_outputs(self):
+        outputs = super().get_outputs()
+        return outputs + [_beside(o) for o in outputs if Path(o).name.startswith("_C.")]
+
+    def get_output_mapping(self):
+        mapping = super().get_output_mapping()  # built file -> its in-place copy
+        mapping.update({_beside(b): _beside(i) for b, i in mapping.items() if Path(b).name.startswith("_C.")})
+        return mapping
+
+
+def _beside(path):
+    return str(Path(path).parent / LIBRARY_FILE)
 
 
 setup(

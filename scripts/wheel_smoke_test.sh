@@ -31,6 +31,8 @@ torch_reqs = [r for r in requires if r.split(":", 1)[1].split(";")[0].strip().lo
               and "extra ==" not in r]
 assert not torch_reqs, f"the wheel must not require torch outside its extras, it does: {torch_reqs}"
 assert any(n.startswith("sagan_attn/_C") and n.endswith(".so") for n in names), f"no sagan_attn/_C*.so in {names}"
+# The op library that _C links (RPATH $ORIGIN) ships beside it: without it the import fails.
+assert "sagan_attn/libsagan_attn.so" in names, f"no sagan_attn/libsagan_attn.so in {names}"
 print(f"wheel: {len(names)} files, requires outside extras: "
       f"{[r for r in requires if 'extra ==' not in r] or 'nothing'}")
 PYEOF

@@ -3,9 +3,10 @@
     python tests/smoke/smoke_test.py [--torch-version 2.13.0+cpu]
 
 The package imported must be the installed one, not the source tree's python/ (checked).
-Checks: the import and what the build says it holds, the op's forward and backward against a few lines
-of plain PyTorch (the notebook's bmm math) in float64, and SelfAttention2d forward and backward. With
---torch-version, also that the installed torch is still that one (installing must not replace it).
+Checks: the import, what the build says it holds and that its op library is the wheel's (beside _C), the
+op's forward and backward against a few lines of plain PyTorch (the notebook's bmm math) in float64, and
+SelfAttention2d forward and backward. With --torch-version, also that the installed torch is still that
+one (installing must not replace it).
 Needs nothing but torch: no pytest, no numpy.
 """
 import argparse
@@ -31,6 +32,11 @@ def check_import(expected_torch):
                  "package")
     info = sagan_attn.build_info()
     print(f"sagan_attn {sagan_attn.__version__} from {where.parent}; torch {torch.__version__}; {info}")
+    # The ops come from the wheel's libsagan_attn.so, beside _C, never from a build folder.
+    library = Path(sagan_attn.library_path()).resolve()
+    if library != where.parent / "libsagan_attn.so":
+        sys.exit(f"smoke test: the op library loaded is {library}, not the package's "
+                 f"{where.parent / 'libsagan_attn.so'}")
     if expected_torch and torch.__version__ != expected_torch:
         sys.exit(f"smoke test: torch is {torch.__version__}, expected {expected_torch} (the one installed "
                  "before sagan-attn: installing it must not replace torch)")
