@@ -33,7 +33,7 @@ inline kernels::SelfAttnFwdParams fwd_params(const at::Tensor& f, const at::Tens
 
 // The tensors of a backward launch. An undefined df, dg or dh is not wanted; df_accum is the CUDA
 // kernels' optional atomic buffer (see kernels/self_attn_params.h).
-struct BwdTensors {
+struct BackwardTensors {
   at::Tensor dy, f, g, h, o, lse, gamma;  // inputs
   at::Tensor delta, df, dg, dh;           // row statistic and outputs
   at::Tensor df_accum;
@@ -41,8 +41,8 @@ struct BwdTensors {
 
 // The params of a backward launch, complete but for dgamma (one float64: a host scalar on the CPU, a
 // device tensor on CUDA).
-inline kernels::SelfAttnBwdParams bwd_params(const BwdTensors& t, double scale, bool deterministic) {
-  kernels::SelfAttnBwdParams p;
+inline kernels::SelfAttnBackwardParams backward_params(const BackwardTensors& t, double scale, bool deterministic) {
+  kernels::SelfAttnBackwardParams p;
   p.B = t.f.size(0); p.Cqk = t.f.size(1); p.Nq = t.f.size(2); p.Nk = t.g.size(2); p.Cv = t.h.size(1);
   p.dy = t.dy.const_data_ptr(); p.dy_sb = t.dy.stride(0); p.dy_sc = t.dy.stride(1);
   p.f = t.f.const_data_ptr(); p.f_sb = t.f.stride(0); p.f_sc = t.f.stride(1);
@@ -65,7 +65,7 @@ inline kernels::SelfAttnBwdParams bwd_params(const BwdTensors& t, double scale, 
 // The tensors of a double-backward launch: the inputs (dy, f, g, h, o N-contiguous; the cotangents uf,
 // ug, uh contiguous; gamma and ugamma one element of the storage dtype each, on the kernels' device),
 // the row statistics (4, B, Nq) and the outputs (contiguous).
-struct DoubleBwdTensors {
+struct DoubleBackwardTensors {
   at::Tensor dy, f, g, h, o, lse, gamma;  // inputs of the backward
   at::Tensor uf, ug, uh, ugamma;          // cotangents of df, dg, dh, dgamma
   at::Tensor rowstats;                    // D, R, P, Q
@@ -74,8 +74,8 @@ struct DoubleBwdTensors {
 
 // The params of a double-backward launch, complete but for d_gamma (one float64: a host scalar on the
 // CPU, a device tensor on CUDA).
-inline kernels::SelfAttnDoubleBwdParams double_bwd_params(const DoubleBwdTensors& t, double scale) {
-  kernels::SelfAttnDoubleBwdParams p;
+inline kernels::SelfAttnDoubleBackwardParams double_backward_params(const DoubleBackwardTensors& t, double scale) {
+  kernels::SelfAttnDoubleBackwardParams p;
   p.B = t.f.size(0); p.Cqk = t.f.size(1); p.Nq = t.f.size(2); p.Nk = t.g.size(2); p.Cv = t.h.size(1);
   p.dy = t.dy.const_data_ptr(); p.dy_sb = t.dy.stride(0); p.dy_sc = t.dy.stride(1);
   p.f = t.f.const_data_ptr(); p.f_sb = t.f.stride(0); p.f_sc = t.f.stride(1);

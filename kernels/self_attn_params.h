@@ -45,7 +45,7 @@ struct SelfAttnFwdParams {
 //   delta_i = sum_c dy[c,i] o[c,i],  dgamma = sum_i delta_i
 //   dh[:,j] = gamma sum_i dy[:,i] p_ij,  ds_ij = p_ij (sum_c dy[c,i] h[c,j] - delta_i)
 //   df[:,i] = gamma scale sum_j ds_ij g[:,j],  dg[:,j] = gamma scale sum_i ds_ij f[:,i]
-struct SelfAttnBwdParams {
+struct SelfAttnBackwardParams {
   int64_t B = 0, Cqk = 0, Cv = 0, Nq = 0, Nk = 0;
   const void* dy = nullptr; int64_t dy_sb = 0, dy_sc = 0;
   const void* f = nullptr;  int64_t f_sb = 0, f_sc = 0;
@@ -55,7 +55,7 @@ struct SelfAttnBwdParams {
   const double* lse = nullptr;  // (B, Nq) contiguous, float64
   const void* gamma = nullptr;  // one element of the storage dtype (see SelfAttnFwdParams::gamma)
   // Row statistic (B, Nq) contiguous, accumulate dtype: delta_i above, written by the backward's
-  // first pass (CPU kernel; CUDA: kernels/cuda/self_attn_bwd_rowstats.cuh) and read by the others.
+  // first pass (CPU kernel; CUDA: kernels/cuda/self_attn_backward_rowstats.cuh) and read by the others.
   void* delta = nullptr;
   double* dgamma = nullptr;     // one float64 value, written by the backward (host or device memory)
   void* df = nullptr;       // (B, Cqk, Nq) contiguous, storage dtype
@@ -77,7 +77,7 @@ struct SelfAttnBwdParams {
 // (uf, ug, uh, ugamma), with respect to its inputs (dy, f, g, h, gamma); o and lse are the forward's,
 // functions of f, g, h, and every path through them is included. The math and its derivation are at
 // the top of kernels/cpu/self_attn_cpu_double_backward_kernel.h.
-struct SelfAttnDoubleBwdParams {
+struct SelfAttnDoubleBackwardParams {
   int64_t B = 0, Cqk = 0, Cv = 0, Nq = 0, Nk = 0;
   const void* dy = nullptr; int64_t dy_sb = 0, dy_sc = 0;
   const void* f = nullptr;  int64_t f_sb = 0, f_sc = 0;

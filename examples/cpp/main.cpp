@@ -67,7 +67,7 @@ void check(torch::ScalarType dtype, double rtol) {
   auto [gf, gg, gh, ggamma] =
       sagan::self_attn_backward(grad_y, inputs[0], inputs[1], inputs[2], o, lse, inputs[4], scale);
   expect_close("fwd y", y, naive[0], rtol);
-  expect_close("bwd f", gf, naive[1], rtol);
+  expect_close("backward f", gf, naive[1], rtol);
   // gamma as a number, no residual.
   auto y_nox = sagan::self_attn(inputs[0], inputs[1], inputs[2], std::nullopt, 0.7, scale);
   expect_close("y(no x)", y_nox, naive[0] - inputs[3], rtol);

@@ -11,12 +11,12 @@ template <typename T>
 void self_attn_fwd(const SelfAttnFwdParams& params, const ParallelFor& parallel_for);
 
 template <typename T>
-void self_attn_bwd(const SelfAttnBwdParams& params, const ParallelFor& parallel_for);
+void self_attn_backward(const SelfAttnBackwardParams& params, const ParallelFor& parallel_for);
 
 // The backward's VJP (double backward), for gradient penalties (see
 // self_attn_cpu_double_backward_kernel.h).
 template <typename T>
-void self_attn_double_bwd(const SelfAttnDoubleBwdParams& params, const ParallelFor& parallel_for);
+void self_attn_double_backward(const SelfAttnDoubleBackwardParams& params, const ParallelFor& parallel_for);
 
 // The instruction set the dispatcher picked on this machine ("avx512", "avx2" or "default").
 const char* isa_name();

@@ -69,20 +69,20 @@ void self_attn_fwd(const SelfAttnFwdParams& params, const ParallelFor& parallel_
 }
 
 template <typename T>
-void self_attn_bwd(const SelfAttnBwdParams& params, const ParallelFor& parallel_for) {
-  SAGAN_CPU_DISPATCH(self_attn_bwd_impl)
+void self_attn_backward(const SelfAttnBackwardParams& params, const ParallelFor& parallel_for) {
+  SAGAN_CPU_DISPATCH(self_attn_backward_impl)
 }
 
 template <typename T>
-void self_attn_double_bwd(const SelfAttnDoubleBwdParams& params, const ParallelFor& parallel_for) {
-  SAGAN_CPU_DISPATCH(self_attn_double_bwd_impl)
+void self_attn_double_backward(const SelfAttnDoubleBackwardParams& params, const ParallelFor& parallel_for) {
+  SAGAN_CPU_DISPATCH(self_attn_double_backward_impl)
 }
 
 template void self_attn_fwd<float>(const SelfAttnFwdParams&, const ParallelFor&);
 template void self_attn_fwd<double>(const SelfAttnFwdParams&, const ParallelFor&);
-template void self_attn_bwd<float>(const SelfAttnBwdParams&, const ParallelFor&);
-template void self_attn_bwd<double>(const SelfAttnBwdParams&, const ParallelFor&);
-template void self_attn_double_bwd<float>(const SelfAttnDoubleBwdParams&, const ParallelFor&);
-template void self_attn_double_bwd<double>(const SelfAttnDoubleBwdParams&, const ParallelFor&);
+template void self_attn_backward<float>(const SelfAttnBackwardParams&, const ParallelFor&);
+template void self_attn_backward<double>(const SelfAttnBackwardParams&, const ParallelFor&);
+template void self_attn_double_backward<float>(const SelfAttnDoubleBackwardParams&, const ParallelFor&);
+template void self_attn_double_backward<double>(const SelfAttnDoubleBackwardParams&, const ParallelFor&);
 
 }  // namespace sagan::kernels::cpu

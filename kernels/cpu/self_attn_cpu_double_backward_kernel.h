@@ -51,7 +51,7 @@ struct SecondOrderRow {
 };
 
 template <typename T>
-void self_attn_double_bwd_impl(const SelfAttnDoubleBwdParams& p, const ParallelFor& parallel_for) {
+void self_attn_double_backward_impl(const SelfAttnDoubleBackwardParams& p, const ParallelFor& parallel_for) {
   constexpr int64_t BQ = CpuTileTraits<T>::kBlockQ;
   constexpr int64_t BK = CpuTileTraits<T>::kBlockK;
   const int64_t B = p.B, Cqk = p.Cqk, Cv = p.Cv, Nq = p.Nq, Nk = p.Nk;

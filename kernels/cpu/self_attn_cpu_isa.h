@@ -23,13 +23,13 @@
 #define SAGAN_INSTANTIATE_CPU_KERNELS()                                                        \
   template void self_attn_fwd_impl<float>(const SelfAttnFwdParams&, const ParallelFor&);   \
   template void self_attn_fwd_impl<double>(const SelfAttnFwdParams&, const ParallelFor&);  \
-  template void self_attn_bwd_impl<float>(const SelfAttnBwdParams&, const ParallelFor&);   \
-  template void self_attn_bwd_impl<double>(const SelfAttnBwdParams&, const ParallelFor&);
+  template void self_attn_backward_impl<float>(const SelfAttnBackwardParams&, const ParallelFor&);   \
+  template void self_attn_backward_impl<double>(const SelfAttnBackwardParams&, const ParallelFor&);
 
 // The same, for self_attn_cpu_double_backward_kernel.h (its own instantiation files, built in parallel).
 #define SAGAN_INSTANTIATE_CPU_DOUBLE_BACKWARD_KERNELS()                                             \
-  template void self_attn_double_bwd_impl<float>(const SelfAttnDoubleBwdParams&, const ParallelFor&); \
-  template void self_attn_double_bwd_impl<double>(const SelfAttnDoubleBwdParams&, const ParallelFor&);
+  template void self_attn_double_backward_impl<float>(const SelfAttnDoubleBackwardParams&, const ParallelFor&); \
+  template void self_attn_double_backward_impl<double>(const SelfAttnDoubleBackwardParams&, const ParallelFor&);
 
 namespace sagan::kernels::cpu {
 #define SAGAN_DECLARE_CPU_KERNELS(isa)                                          \
@@ -37,9 +37,9 @@ namespace sagan::kernels::cpu {
   template <typename T>                                                         \
   void self_attn_fwd_impl(const SelfAttnFwdParams&, const ParallelFor&);        \
   template <typename T>                                                         \
-  void self_attn_bwd_impl(const SelfAttnBwdParams&, const ParallelFor&);        \
+  void self_attn_backward_impl(const SelfAttnBackwardParams&, const ParallelFor&);        \
   template <typename T>                                                         \
-  void self_attn_double_bwd_impl(const SelfAttnDoubleBwdParams&, const ParallelFor&); \
+  void self_attn_double_backward_impl(const SelfAttnDoubleBackwardParams&, const ParallelFor&); \
   }
 SAGAN_DECLARE_CPU_KERNELS(isa_default)
 #if SAGAN_CPU_HAS_AVX2_BUILD

@@ -367,7 +367,7 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
 }
 
 template <typename T>
-void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_for) {
+void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor& parallel_for) {
   using Vec = typename VecOf<T>::type;
   constexpr int L = kLanes<T>;
   constexpr int64_t BQ = CpuTileTraits<T>::kBlockQ;
@@ -396,7 +396,7 @@ void self_attn_bwd_impl(const SelfAttnBwdParams& p, const ParallelFor& parallel_
   if (!want_ds && !want_dh) return;
 
   const int64_t n_ktiles = ceil_div(Nk, BK);
-  const int64_t n_groups = std::max<int64_t>(1, std::min(ceil_div(kBwdTargetItems, B), n_ktiles));
+  const int64_t n_groups = std::max<int64_t>(1, std::min(ceil_div(kBackwardTargetItems, B), n_ktiles));
   const int64_t tiles_per_group = ceil_div(n_ktiles, n_groups);
   const int64_t nq_pad = ceil_div(Nq, BQ) * BQ;
   const int64_t cqk_pad = ceil_div(Cqk, L) * L, cv_pad = ceil_div(Cv, L) * L;

@@ -36,7 +36,7 @@ struct CpuRegisterBlock {
 // The backward pass splits the keys of each batch into key groups that run in parallel; each group
 // owns a partial df buffer of Cqk x Nq, summed in a fixed order at the end. The number of groups
 // depends on the shape only (never on the thread count), so results are bitwise reproducible for
-// any number of threads. kBwdTargetItems bounds the groups, and with them that workspace.
-constexpr int64_t kBwdTargetItems = 32;
+// any number of threads. kBackwardTargetItems bounds the groups, and with them that workspace.
+constexpr int64_t kBackwardTargetItems = 32;
 
 }  // namespace sagan::kernels::cpu

@@ -44,13 +44,13 @@ def simt_file(dt: str) -> tuple[str, str]:
         + '#include "kernels/cuda/simt/self_attn_simt_launch.cuh"\n\n'
         + "namespace sagan::kernels::cuda::simt {\n"
         + f"template cudaError_t launch_fwd<{t}>(const SelfAttnFwdParams&, cudaStream_t);\n"
-        + f"template cudaError_t launch_bwd<{t}>(const SelfAttnBwdParams&, cudaStream_t);\n"
+        + f"template cudaError_t launch_backward<{t}>(const SelfAttnBackwardParams&, cudaStream_t);\n"
         + "}  // namespace sagan::kernels::cuda::simt\n"
     )
     return f"{HERE}/simt/instantiations/self_attn_simt_{dt}.cu", text
 
 
-def simt_double_bwd_file(dt: str) -> tuple[str, str]:
+def simt_double_backward_file(dt: str) -> tuple[str, str]:
     t = DTYPES[dt]
     text = (
         BANNER
@@ -58,10 +58,10 @@ def simt_double_bwd_file(dt: str) -> tuple[str, str]:
         + '#include "kernels/cuda/self_attn_cuda_instantiations.h"\n'
         + '#include "kernels/cuda/simt/self_attn_simt_launch.cuh"\n\n'
         + "namespace sagan::kernels::cuda::simt {\n"
-        + f"template cudaError_t launch_double_bwd<{t}>(const SelfAttnDoubleBwdParams&, cudaStream_t);\n"
+        + f"template cudaError_t launch_double_backward<{t}>(const SelfAttnDoubleBackwardParams&, cudaStream_t);\n"
         + "}  // namespace sagan::kernels::cuda::simt\n"
     )
-    return f"{HERE}/simt/instantiations/self_attn_simt_double_bwd_{dt}.cu", text
+    return f"{HERE}/simt/instantiations/self_attn_simt_double_backward_{dt}.cu", text
 
 
 def mma_file(dt: str, cqk: int) -> tuple[str, str]:
@@ -73,7 +73,7 @@ def mma_file(dt: str, cqk: int) -> tuple[str, str]:
         + '#include "kernels/cuda/mma/self_attn_mma_launch.cuh"\n\n'
         + "namespace sagan::kernels::cuda::mma {\n"
         + f"template cudaError_t launch_fwd<{t}, {cqk}>(const SelfAttnFwdParams&, cudaStream_t);\n"
-        + f"template cudaError_t launch_bwd<{t}, {cqk}>(const SelfAttnBwdParams&, cudaStream_t);\n"
+        + f"template cudaError_t launch_backward<{t}, {cqk}>(const SelfAttnBackwardParams&, cudaStream_t);\n"
         + "}  // namespace sagan::kernels::cuda::mma\n"
     )
     return f"{HERE}/mma/instantiations/self_attn_mma_{dt}_cqk{cqk}.cu", text
@@ -100,18 +100,18 @@ def declarations() -> tuple[str, str]:
         "template <typename T>",
         "cudaError_t launch_fwd(const SelfAttnFwdParams& p, cudaStream_t stream);",
         "template <typename T>",
-        "cudaError_t launch_bwd(const SelfAttnBwdParams& p, cudaStream_t stream);",
+        "cudaError_t launch_backward(const SelfAttnBackwardParams& p, cudaStream_t stream);",
         "template <typename T>",
-        "cudaError_t launch_double_bwd(const SelfAttnDoubleBwdParams& p, cudaStream_t stream);",
+        "cudaError_t launch_double_backward(const SelfAttnDoubleBackwardParams& p, cudaStream_t stream);",
     ]
     for dt in SIMT_DTYPES:
         t = DTYPES[dt]
         lines.append(f"extern template cudaError_t launch_fwd<{t}>(const SelfAttnFwdParams&, cudaStream_t);")
-        lines.append(f"extern template cudaError_t launch_bwd<{t}>(const SelfAttnBwdParams&, cudaStream_t);")
+        lines.append(f"extern template cudaError_t launch_backward<{t}>(const SelfAttnBackwardParams&, cudaStream_t);")
     for dt in SIMT_DOUBLE_BWD_DTYPES:
         t = DTYPES[dt]
         lines.append(
-            f"extern template cudaError_t launch_double_bwd<{t}>(const SelfAttnDoubleBwdParams&, cudaStream_t);"
+            f"extern template cudaError_t launch_double_backward<{t}>(const SelfAttnDoubleBackwardParams&, cudaStream_t);"
         )
     lines += [
         "}  // namespace simt",
@@ -119,20 +119,20 @@ def declarations() -> tuple[str, str]:
         "template <typename T, int kCqk>",
         "cudaError_t launch_fwd(const SelfAttnFwdParams& p, cudaStream_t stream);",
         "template <typename T, int kCqk>",
-        "cudaError_t launch_bwd(const SelfAttnBwdParams& p, cudaStream_t stream);",
+        "cudaError_t launch_backward(const SelfAttnBackwardParams& p, cudaStream_t stream);",
     ]
     for dt in MMA_DTYPES:
         t = DTYPES[dt]
         for c in MMA_CQKS:
             lines.append(f"extern template cudaError_t launch_fwd<{t}, {c}>(const SelfAttnFwdParams&, cudaStream_t);")
-            lines.append(f"extern template cudaError_t launch_bwd<{t}, {c}>(const SelfAttnBwdParams&, cudaStream_t);")
+            lines.append(f"extern template cudaError_t launch_backward<{t}, {c}>(const SelfAttnBackwardParams&, cudaStream_t);")
     lines += ["}  // namespace mma", "}  // namespace sagan::kernels::cuda", ""]
     return f"{HERE}/self_attn_cuda_instantiations.h", "\n".join(lines)
 
 
 def all_files() -> dict[str, str]:
     files = [simt_file(dt) for dt in SIMT_DTYPES]
-    files += [simt_double_bwd_file(dt) for dt in SIMT_DOUBLE_BWD_DTYPES]
+    files += [simt_double_backward_file(dt) for dt in SIMT_DOUBLE_BWD_DTYPES]
     files += [mma_file(dt, c) for dt in MMA_DTYPES for c in MMA_CQKS]
     sources = [path for path, _ in files]
     files.append(declarations())

@@ -35,7 +35,7 @@ enum class DType { kFloat16, kBFloat16, kFloat32, kFloat64 };
 // Whether the dg kernels also accumulate df with atomics (a last kernel then writes df = gamma *
 // scale * df_accum): only when dg is computed anyway, df is wanted, determinism is not asked for and a buffer
 // is given. Otherwise a separate df kernel sums each element in a fixed order.
-inline bool atomic_df_in_dg(const SelfAttnBwdParams& p) {
+inline bool atomic_df_in_dg(const SelfAttnBackwardParams& p) {
   return p.want_df && p.want_dg && !p.deterministic && p.df_accum != nullptr;
 }
 
@@ -44,13 +44,13 @@ inline bool atomic_df_in_dg(const SelfAttnBwdParams& p) {
 // always when the environment variable SAGAN_ATTN_CUDA_KERNELS=simt is set) and the tile configuration,
 // for the current CUDA device; each family's launch plans (self_attn_launch_plan.h) the grids.
 cudaError_t self_attn_fwd(DType dtype, const SelfAttnFwdParams& p, cudaStream_t stream);
-cudaError_t self_attn_bwd(DType dtype, const SelfAttnBwdParams& p, cudaStream_t stream);
+cudaError_t self_attn_backward(DType dtype, const SelfAttnBackwardParams& p, cudaStream_t stream);
 
-// The double backward (kernels/self_attn_params.h, SelfAttnDoubleBwdParams): device pointers of dtype
+// The double backward (kernels/self_attn_params.h, SelfAttnDoubleBackwardParams): device pointers of dtype
 // `dtype` (lse float64, rowstats the accumulate type, d_gamma float64), gamma and ugamma read on the
 // device. Writes the row statistics p.rowstats (D, R, P, Q), then p.d_f, p.d_g, p.d_h, p.d_dy
 // (contiguous, fully) and p.d_gamma; no atomics: bitwise identical run to run. SIMT kernels for every
-// dtype and shape (kernels/cuda/simt/self_attn_simt_double_bwd_kernel.cuh); no tensor-core variant yet.
-cudaError_t self_attn_double_bwd(DType dtype, const SelfAttnDoubleBwdParams& p, cudaStream_t stream);
+// dtype and shape (kernels/cuda/simt/self_attn_simt_double_backward_kernel.cuh); no tensor-core variant yet.
+cudaError_t self_attn_double_backward(DType dtype, const SelfAttnDoubleBackwardParams& p, cudaStream_t stream);
 
 }  // namespace sagan::kernels::cuda

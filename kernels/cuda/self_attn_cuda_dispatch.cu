@@ -1,14 +1,14 @@
 // The one place that chooses the CUDA kernels of a call: the family (tensor cores or SIMT) and the tile
 // configuration (the padded Cqk of the tensor-core kernels), through the switches of
 // self_attn_static_switch.h into the launchers declared by self_attn_cuda_instantiations.h; and the
-// whole backward and double backward: their pre- and post-processing (self_attn_bwd_rowstats.cuh)
+// whole backward and double backward: their pre- and post-processing (self_attn_backward_rowstats.cuh)
 // around the family's kernels. Grids and shared memory are each family's launch plans
 // (self_attn_launch_plan.h).
 #include <cstdlib>
 #include <cstring>
 
 #include "kernels/cuda/mma/self_attn_mma_traits.h"
-#include "kernels/cuda/self_attn_bwd_rowstats.cuh"
+#include "kernels/cuda/self_attn_backward_rowstats.cuh"
 #include "kernels/cuda/self_attn_cuda.h"
 #include "kernels/cuda/self_attn_cuda_instantiations.h"
 #include "kernels/cuda/self_attn_static_switch.h"
@@ -66,7 +66,7 @@ cudaError_t self_attn_fwd(DType dtype, const SelfAttnFwdParams& p, cudaStream_t 
 }
 
 // delta and dgamma, the family's kernels, then (atomic mode: launch_post's plan) df from df_accum.
-cudaError_t self_attn_bwd(DType dtype, const SelfAttnBwdParams& p, cudaStream_t stream) {
+cudaError_t self_attn_backward(DType dtype, const SelfAttnBackwardParams& p, cudaStream_t stream) {
   if (p.B <= 0 || p.Nq <= 0) return cudaSuccess;  // the checks forbid it; nothing to write
   cudaError_t e = with_dtype(dtype, [&](auto tag) {
     return rowstats::launch_pre<typename decltype(tag)::type>(p, stream);
@@ -74,9 +74,9 @@ cudaError_t self_attn_bwd(DType dtype, const SelfAttnBwdParams& p, cudaStream_t 
   if (e != cudaSuccess) return e;
   e = dispatch(
       dtype, p,
-      [&](auto tag) { return simt::launch_bwd<typename decltype(tag)::type>(p, stream); },
+      [&](auto tag) { return simt::launch_backward<typename decltype(tag)::type>(p, stream); },
       [&](auto tag, auto cqk) {
-        return mma::launch_bwd<typename decltype(tag)::type, decltype(cqk)::value>(p, stream);
+        return mma::launch_backward<typename decltype(tag)::type, decltype(cqk)::value>(p, stream);
       });
   if (e != cudaSuccess) return e;
   return with_dtype(dtype, [&](auto tag) {
@@ -85,13 +85,13 @@ cudaError_t self_attn_bwd(DType dtype, const SelfAttnBwdParams& p, cudaStream_t 
 }
 
 // D, the SIMT kernels (every dtype and shape: there is no tensor-core double backward yet), d_gamma.
-cudaError_t self_attn_double_bwd(DType dtype, const SelfAttnDoubleBwdParams& p, cudaStream_t stream) {
+cudaError_t self_attn_double_backward(DType dtype, const SelfAttnDoubleBackwardParams& p, cudaStream_t stream) {
   if (p.B <= 0 || p.Nq <= 0) return cudaSuccess;  // the checks forbid it; nothing to write
   return with_dtype(dtype, [&](auto tag) -> cudaError_t {
     using T = typename decltype(tag)::type;
-    if (cudaError_t e = rowstats::launch_double_bwd_pre<T>(p, stream); e != cudaSuccess) return e;
-    if (cudaError_t e = simt::launch_double_bwd<T>(p, stream); e != cudaSuccess) return e;
-    return rowstats::launch_double_bwd_post<T>(p, stream);
+    if (cudaError_t e = rowstats::launch_double_backward_pre<T>(p, stream); e != cudaSuccess) return e;
+    if (cudaError_t e = simt::launch_double_backward<T>(p, stream); e != cudaSuccess) return e;
+    return rowstats::launch_double_backward_post<T>(p, stream);
   });
 }
 

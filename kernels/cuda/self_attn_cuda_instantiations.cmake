@@ -4,10 +4,10 @@ set(SAGAN_ATTN_CUDA_INSTANTIATIONS
   kernels/cuda/simt/instantiations/self_attn_simt_f64.cu
   kernels/cuda/simt/instantiations/self_attn_simt_f16.cu
   kernels/cuda/simt/instantiations/self_attn_simt_bf16.cu
-  kernels/cuda/simt/instantiations/self_attn_simt_double_bwd_f32.cu
-  kernels/cuda/simt/instantiations/self_attn_simt_double_bwd_f64.cu
-  kernels/cuda/simt/instantiations/self_attn_simt_double_bwd_f16.cu
-  kernels/cuda/simt/instantiations/self_attn_simt_double_bwd_bf16.cu
+  kernels/cuda/simt/instantiations/self_attn_simt_double_backward_f32.cu
+  kernels/cuda/simt/instantiations/self_attn_simt_double_backward_f64.cu
+  kernels/cuda/simt/instantiations/self_attn_simt_double_backward_f16.cu
+  kernels/cuda/simt/instantiations/self_attn_simt_double_backward_bf16.cu
   kernels/cuda/mma/instantiations/self_attn_mma_f16_cqk16.cu
   kernels/cuda/mma/instantiations/self_attn_mma_f16_cqk32.cu
   kernels/cuda/mma/instantiations/self_attn_mma_f16_cqk64.cu

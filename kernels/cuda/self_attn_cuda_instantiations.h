@@ -17,42 +17,42 @@ namespace simt {
 template <typename T>
 cudaError_t launch_fwd(const SelfAttnFwdParams& p, cudaStream_t stream);
 template <typename T>
-cudaError_t launch_bwd(const SelfAttnBwdParams& p, cudaStream_t stream);
+cudaError_t launch_backward(const SelfAttnBackwardParams& p, cudaStream_t stream);
 template <typename T>
-cudaError_t launch_double_bwd(const SelfAttnDoubleBwdParams& p, cudaStream_t stream);
+cudaError_t launch_double_backward(const SelfAttnDoubleBackwardParams& p, cudaStream_t stream);
 extern template cudaError_t launch_fwd<float>(const SelfAttnFwdParams&, cudaStream_t);
-extern template cudaError_t launch_bwd<float>(const SelfAttnBwdParams&, cudaStream_t);
+extern template cudaError_t launch_backward<float>(const SelfAttnBackwardParams&, cudaStream_t);
 extern template cudaError_t launch_fwd<double>(const SelfAttnFwdParams&, cudaStream_t);
-extern template cudaError_t launch_bwd<double>(const SelfAttnBwdParams&, cudaStream_t);
+extern template cudaError_t launch_backward<double>(const SelfAttnBackwardParams&, cudaStream_t);
 extern template cudaError_t launch_fwd<__half>(const SelfAttnFwdParams&, cudaStream_t);
-extern template cudaError_t launch_bwd<__half>(const SelfAttnBwdParams&, cudaStream_t);
+extern template cudaError_t launch_backward<__half>(const SelfAttnBackwardParams&, cudaStream_t);
 extern template cudaError_t launch_fwd<__nv_bfloat16>(const SelfAttnFwdParams&, cudaStream_t);
-extern template cudaError_t launch_bwd<__nv_bfloat16>(const SelfAttnBwdParams&, cudaStream_t);
-extern template cudaError_t launch_double_bwd<float>(const SelfAttnDoubleBwdParams&, cudaStream_t);
-extern template cudaError_t launch_double_bwd<double>(const SelfAttnDoubleBwdParams&, cudaStream_t);
-extern template cudaError_t launch_double_bwd<__half>(const SelfAttnDoubleBwdParams&, cudaStream_t);
-extern template cudaError_t launch_double_bwd<__nv_bfloat16>(const SelfAttnDoubleBwdParams&, cudaStream_t);
+extern template cudaError_t launch_backward<__nv_bfloat16>(const SelfAttnBackwardParams&, cudaStream_t);
+extern template cudaError_t launch_double_backward<float>(const SelfAttnDoubleBackwardParams&, cudaStream_t);
+extern template cudaError_t launch_double_backward<double>(const SelfAttnDoubleBackwardParams&, cudaStream_t);
+extern template cudaError_t launch_double_backward<__half>(const SelfAttnDoubleBackwardParams&, cudaStream_t);
+extern template cudaError_t launch_double_backward<__nv_bfloat16>(const SelfAttnDoubleBackwardParams&, cudaStream_t);
 }  // namespace simt
 namespace mma {
 template <typename T, int kCqk>
 cudaError_t launch_fwd(const SelfAttnFwdParams& p, cudaStream_t stream);
 template <typename T, int kCqk>
-cudaError_t launch_bwd(const SelfAttnBwdParams& p, cudaStream_t stream);
+cudaError_t launch_backward(const SelfAttnBackwardParams& p, cudaStream_t stream);
 extern template cudaError_t launch_fwd<__half, 16>(const SelfAttnFwdParams&, cudaStream_t);
-extern template cudaError_t launch_bwd<__half, 16>(const SelfAttnBwdParams&, cudaStream_t);
+extern template cudaError_t launch_backward<__half, 16>(const SelfAttnBackwardParams&, cudaStream_t);
 extern template cudaError_t launch_fwd<__half, 32>(const SelfAttnFwdParams&, cudaStream_t);
-extern template cudaError_t launch_bwd<__half, 32>(const SelfAttnBwdParams&, cudaStream_t);
+extern template cudaError_t launch_backward<__half, 32>(const SelfAttnBackwardParams&, cudaStream_t);
 extern template cudaError_t launch_fwd<__half, 64>(const SelfAttnFwdParams&, cudaStream_t);
-extern template cudaError_t launch_bwd<__half, 64>(const SelfAttnBwdParams&, cudaStream_t);
+extern template cudaError_t launch_backward<__half, 64>(const SelfAttnBackwardParams&, cudaStream_t);
 extern template cudaError_t launch_fwd<__half, 128>(const SelfAttnFwdParams&, cudaStream_t);
-extern template cudaError_t launch_bwd<__half, 128>(const SelfAttnBwdParams&, cudaStream_t);
+extern template cudaError_t launch_backward<__half, 128>(const SelfAttnBackwardParams&, cudaStream_t);
 extern template cudaError_t launch_fwd<__nv_bfloat16, 16>(const SelfAttnFwdParams&, cudaStream_t);
-extern template cudaError_t launch_bwd<__nv_bfloat16, 16>(const SelfAttnBwdParams&, cudaStream_t);
+extern template cudaError_t launch_backward<__nv_bfloat16, 16>(const SelfAttnBackwardParams&, cudaStream_t);
 extern template cudaError_t launch_fwd<__nv_bfloat16, 32>(const SelfAttnFwdParams&, cudaStream_t);
-extern template cudaError_t launch_bwd<__nv_bfloat16, 32>(const SelfAttnBwdParams&, cudaStream_t);
+extern template cudaError_t launch_backward<__nv_bfloat16, 32>(const SelfAttnBackwardParams&, cudaStream_t);
 extern template cudaError_t launch_fwd<__nv_bfloat16, 64>(const SelfAttnFwdParams&, cudaStream_t);
-extern template cudaError_t launch_bwd<__nv_bfloat16, 64>(const SelfAttnBwdParams&, cudaStream_t);
+extern template cudaError_t launch_backward<__nv_bfloat16, 64>(const SelfAttnBackwardParams&, cudaStream_t);
 extern template cudaError_t launch_fwd<__nv_bfloat16, 128>(const SelfAttnFwdParams&, cudaStream_t);
-extern template cudaError_t launch_bwd<__nv_bfloat16, 128>(const SelfAttnBwdParams&, cudaStream_t);
+extern template cudaError_t launch_backward<__nv_bfloat16, 128>(const SelfAttnBackwardParams&, cudaStream_t);
 }  // namespace mma
 }  // namespace sagan::kernels::cuda

@@ -2,7 +2,7 @@
 // the host-side choices its launcher makes for a shape (the tile-load path, the atomic mode; the
 // channel tile is a template constant, picked next to the plans). Each family computes its plans in one
 // header (simt/self_attn_simt_launch_plan.cuh, mma/self_attn_mma_launch_plan.cuh; the pre- and
-// post-passes in self_attn_bwd_rowstats.cuh); the launchers launch exactly the plan, and the host
+// post-passes in self_attn_backward_rowstats.cuh); the launchers launch exactly the plan, and the host
 // emulation (tests/emulation) runs every block of the same grid with the same shared memory.
 // Plain C++ but for launch_plan at the end (nvcc only): g++ compiles it for the emulation.
 #pragma once

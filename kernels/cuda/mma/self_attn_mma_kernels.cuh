@@ -25,12 +25,12 @@
 #include "kernels/cuda/mma/self_attn_mma_primitives.cuh"
 #include "kernels/cuda/mma/self_attn_mma_traits.h"
 #include "kernels/cuda/self_attn_cuda.h"
-#include "kernels/cuda/self_attn_cuda_common.cuh"
+#include "kernels/cuda/self_attn_cuda_numerics.cuh"
 
 namespace sagan::kernels::cuda::mma {
 
 // kThreads, kTile, kLd, kLdF: self_attn_mma_traits.h.
-// Scores are handled in base 2 (exp2f), as in the SIMT kernels: see ExpBase in self_attn_cuda_common.cuh.
+// Scores are handled in base 2 (exp2f), as in the SIMT kernels: see ExpBase in self_attn_cuda_numerics.cuh.
 inline constexpr float kLog2e = static_cast<float>(ExpBase<float>::kFromNatural);
 
 // Whether a (B, rows, N) tensor's tiles can be loaded with 16-byte cp.async (the launch plans'
@@ -207,7 +207,7 @@ __global__ void __launch_bounds__(kThreads) self_attn_fwd_mma_kernel(const SelfA
 // Stages lse (split hi + lo in float) and delta of queries [q0, q0 + kTile) into smem; 0 past Nq.
 template <typename T>
 __device__ __forceinline__ void stage_row_stats(float* s_lse_hi, float* s_lse_lo, float* s_delta,
-                                                const SelfAttnBwdParams& p, int64_t b, int q0) {
+                                                const SelfAttnBackwardParams& p, int64_t b, int q0) {
   for (int i = threadIdx.x; i < kTile; i += kThreads) {
     const int64_t q = q0 + i;
     float hi = 0.f, lo = 0.f, d = 0.f;
@@ -240,7 +240,7 @@ struct DhSmem {
 };
 
 template <typename T, int kCqk>
-__global__ void __launch_bounds__(kThreads) self_attn_bwd_dh_mma_kernel(const SelfAttnBwdParams p, bool aligned) {
+__global__ void __launch_bounds__(kThreads) self_attn_backward_dh_mma_kernel(const SelfAttnBackwardParams p, bool aligned) {
   using S = DhSmem<T, kCqk>;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sK = reinterpret_cast<T*>(smem) + S::kK;
@@ -326,7 +326,7 @@ struct DgSmem {
 };
 
 template <typename T, int kCqk>
-__global__ void __launch_bounds__(kThreads) self_attn_bwd_dg_mma_kernel(const SelfAttnBwdParams p, bool aligned,
+__global__ void __launch_bounds__(kThreads) self_attn_backward_dg_mma_kernel(const SelfAttnBackwardParams p, bool aligned,
                                                                          bool atomic_df) {
   using S = DgSmem<T, kCqk>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -482,7 +482,7 @@ struct DfSmem {
 };
 
 template <typename T, int kCqk>
-__global__ void __launch_bounds__(kThreads) self_attn_bwd_df_mma_kernel(const SelfAttnBwdParams p, bool aligned) {
+__global__ void __launch_bounds__(kThreads) self_attn_backward_df_mma_kernel(const SelfAttnBackwardParams p, bool aligned) {
   using S = DfSmem<T, kCqk>;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem) + S::kQ;

@@ -18,16 +18,16 @@ cudaError_t launch_fwd(const SelfAttnFwdParams& p, cudaStream_t stream) {
 
 // dh, dg (with the atomic df when its plan says so), then the deterministic df, in stream order.
 template <typename T, int kCqk>
-cudaError_t launch_bwd(const SelfAttnBwdParams& p, cudaStream_t stream) {
-  const LaunchPlan dh = plan_bwd_dh<T, kCqk>(p);
-  if (cudaError_t e = launch_plan(dh, self_attn_bwd_dh_mma_kernel<T, kCqk>, stream, p, dh.aligned); e != cudaSuccess)
+cudaError_t launch_backward(const SelfAttnBackwardParams& p, cudaStream_t stream) {
+  const LaunchPlan dh = plan_backward_dh<T, kCqk>(p);
+  if (cudaError_t e = launch_plan(dh, self_attn_backward_dh_mma_kernel<T, kCqk>, stream, p, dh.aligned); e != cudaSuccess)
     return e;
-  const LaunchPlan dg = plan_bwd_dg<T, kCqk>(p);
-  if (cudaError_t e = launch_plan(dg, self_attn_bwd_dg_mma_kernel<T, kCqk>, stream, p, dg.aligned, dg.atomic_df);
+  const LaunchPlan dg = plan_backward_dg<T, kCqk>(p);
+  if (cudaError_t e = launch_plan(dg, self_attn_backward_dg_mma_kernel<T, kCqk>, stream, p, dg.aligned, dg.atomic_df);
       e != cudaSuccess)
     return e;
-  const LaunchPlan df = plan_bwd_df<T, kCqk>(p);
-  return launch_plan(df, self_attn_bwd_df_mma_kernel<T, kCqk>, stream, p, df.aligned);
+  const LaunchPlan df = plan_backward_df<T, kCqk>(p);
+  return launch_plan(df, self_attn_backward_df_mma_kernel<T, kCqk>, stream, p, df.aligned);
 }
 
 }  // namespace sagan::kernels::cuda::mma

@@ -24,35 +24,35 @@ LaunchPlan plan_fwd(const SelfAttnFwdParams& p) {
 }
 
 // The backward's tile-load path: cp.async when the f, g, h and dy tiles are aligned.
-inline bool bwd_tiles_aligned(const SelfAttnBwdParams& p) {
+inline bool backward_tiles_aligned(const SelfAttnBackwardParams& p) {
   return tiles_aligned(p.f, p.f_sb, p.f_sc, p.Nq) && tiles_aligned(p.g, p.g_sb, p.g_sc, p.Nk) &&
          tiles_aligned(p.h, p.h_sb, p.h_sc, p.Nk) && tiles_aligned(p.dy, p.dy_sb, p.dy_sc, p.Nq);
 }
 
 // Backward, after delta and dgamma, only the wanted gradients: dh, grid (key tiles, value chunks, B).
 template <typename T, int kCqk>
-LaunchPlan plan_bwd_dh(const SelfAttnBwdParams& p) {
+LaunchPlan plan_backward_dh(const SelfAttnBackwardParams& p) {
   LaunchPlan pl = exact_grid_plan(p.want_dh, ceil_div(p.Nk, kTile), ceil_div(p.Cv, kTile), p.B, kThreads,
                                   DhSmem<T, kCqk>::kBytes);
-  pl.aligned = bwd_tiles_aligned(p);
+  pl.aligned = backward_tiles_aligned(p);
   return pl;
 }
 
 // dg, grid (key tiles, B), with df accumulated by atomics when atomic_df_in_dg.
 template <typename T, int kCqk>
-LaunchPlan plan_bwd_dg(const SelfAttnBwdParams& p) {
+LaunchPlan plan_backward_dg(const SelfAttnBackwardParams& p) {
   LaunchPlan pl = exact_grid_plan(p.want_dg, ceil_div(p.Nk, kTile), p.B, 1, kThreads, DgSmem<T, kCqk>::kBytes);
-  pl.aligned = bwd_tiles_aligned(p);
+  pl.aligned = backward_tiles_aligned(p);
   pl.atomic_df = atomic_df_in_dg(p);
   return pl;
 }
 
 // df (deterministic mode, or dg not wanted), grid (query tiles, B).
 template <typename T, int kCqk>
-LaunchPlan plan_bwd_df(const SelfAttnBwdParams& p) {
+LaunchPlan plan_backward_df(const SelfAttnBackwardParams& p) {
   LaunchPlan pl = exact_grid_plan(p.want_df && !atomic_df_in_dg(p), ceil_div(p.Nq, kTile), p.B, 1, kThreads,
                                   DfSmem<T, kCqk>::kBytes);
-  pl.aligned = bwd_tiles_aligned(p);
+  pl.aligned = backward_tiles_aligned(p);
   return pl;
 }
 

@@ -26,7 +26,7 @@
 #if defined(SAGAN_CUDA_HOST_EMULATION)
 #include "mma_host_emulation.h"  // on the emulation test target's include path only
 #endif
-#include "kernels/cuda/self_attn_cuda_common.cuh"
+#include "kernels/cuda/self_attn_cuda_numerics.cuh"
 
 namespace sagan::kernels::cuda::mma {
 

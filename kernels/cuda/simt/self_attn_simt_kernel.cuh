@@ -35,7 +35,7 @@
 
 #include <cstdint>
 
-#include "kernels/cuda/self_attn_cuda_common.cuh"
+#include "kernels/cuda/self_attn_cuda_numerics.cuh"
 #include "kernels/cuda/simt/self_attn_simt_traits.h"
 #include "kernels/self_attn_params.h"
 
@@ -280,7 +280,7 @@ __device__ __forceinline__ void probs_from_lse(Acc (&s)[4][4], const double* __r
 // thread reads back only what it wrote, so that needs no barrier. The caller makes dss free before
 // (no other thread may still read it) and passes a barrier before others read the result.
 template <typename T, typename Acc, int LDS>
-__device__ __forceinline__ void ds_tile(Acc* dss, const SelfAttnBwdParams& p,
+__device__ __forceinline__ void ds_tile(Acc* dss, const SelfAttnBackwardParams& p,
                                         const Acc* __restrict__ delta, Acc scale_exp, int64_t b,
                                         int64_t q0, int64_t k0, Acc* As, Acc* Bs, int tid) {
   const int tx = tid % kTx, ty = tid / kTx;
@@ -522,7 +522,7 @@ __device__ void fwd_block(const SelfAttnFwdParams& p, const T* __restrict__ gamm
 // Thread (ty, tx): score rows (queries) ty*4 + i, columns (keys) tx*4 + j; accumulator channels
 // tn_channel(u, tx) x keys ty*4 + i.
 template <typename T, typename Acc, int VC>
-__device__ void bwd_dh_block(const SelfAttnBwdParams& p, const T* __restrict__ gamma_ptr,
+__device__ void backward_dh_block(const SelfAttnBackwardParams& p, const T* __restrict__ gamma_ptr,
                              Acc scale_exp, Acc* smem, int tid, int64_t bx, int64_t by, int64_t bz,
                              int64_t gy, int64_t gz) {
   using S = DhSmem<Acc, VC>;
@@ -588,7 +588,7 @@ __device__ void bwd_dh_block(const SelfAttnBwdParams& p, const T* __restrict__ g
 // df_accum[c][q] += sum_{j in tile} ds_qj g[c][j] (channels nt_channel(u, tx) x queries ty*4 + i,
 // staged so that the atomics of a warp hit consecutive addresses).
 template <typename T, typename Acc, int VC>
-__device__ void bwd_dg_block(const SelfAttnBwdParams& p, const T* __restrict__ gamma_ptr,
+__device__ void backward_dg_block(const SelfAttnBackwardParams& p, const T* __restrict__ gamma_ptr,
                              const Acc* __restrict__ delta, Acc* df_accum, Acc scale_exp, Acc* smem,
                              int tid, int64_t bx, int64_t by, int64_t bz, int64_t gy, int64_t gz) {
   using S = DgSmem<Acc, VC>;
@@ -671,7 +671,7 @@ __device__ void bwd_dg_block(const SelfAttnBwdParams& p, const T* __restrict__ g
 // df block (deterministic): queries q0 = bx * 64 .. +63, Cqk channels cq0 .. cq0 + BCQ - 1; loops
 // over key tiles in order. Accumulator: channels nt_channel(u, tx) x queries ty*4 + i.
 template <typename T, typename Acc, int VC>
-__device__ void bwd_df_block(const SelfAttnBwdParams& p, const T* __restrict__ gamma_ptr,
+__device__ void backward_df_block(const SelfAttnBackwardParams& p, const T* __restrict__ gamma_ptr,
                              const Acc* __restrict__ delta, Acc scale_exp, Acc* smem, int tid,
                              int64_t bx, int64_t by, int64_t bz, int64_t gy, int64_t gz) {
   using S = DfSmem<Acc, VC>;
@@ -741,27 +741,27 @@ __global__ void __launch_bounds__(kThreads, SimtMinBlocks<Acc>::value)
 
 template <typename T, typename Acc, int VC>
 __global__ void __launch_bounds__(kThreads, SimtMinBlocks<Acc>::value)
-    self_attn_simt_bwd_dh_kernel(const SelfAttnBwdParams p, const T* __restrict__ gamma, Acc scale_exp) {
+    self_attn_simt_backward_dh_kernel(const SelfAttnBackwardParams p, const T* __restrict__ gamma, Acc scale_exp) {
   SAGAN_SIMT_SMEM(Acc, smem);
-  bwd_dh_block<T, Acc, VC>(p, gamma, scale_exp, smem, threadIdx.x, blockIdx.x, blockIdx.y,
+  backward_dh_block<T, Acc, VC>(p, gamma, scale_exp, smem, threadIdx.x, blockIdx.x, blockIdx.y,
                            blockIdx.z, gridDim.y, gridDim.z);
 }
 
 template <typename T, typename Acc, int VC>
 __global__ void __launch_bounds__(kThreads, SimtMinBlocks<Acc>::value)
-    self_attn_simt_bwd_dg_kernel(const SelfAttnBwdParams p, const T* __restrict__ gamma,
+    self_attn_simt_backward_dg_kernel(const SelfAttnBackwardParams p, const T* __restrict__ gamma,
                                  const Acc* __restrict__ delta, Acc* df_accum, Acc scale_exp) {
   SAGAN_SIMT_SMEM(Acc, smem);
-  bwd_dg_block<T, Acc, VC>(p, gamma, delta, df_accum, scale_exp, smem, threadIdx.x, blockIdx.x,
+  backward_dg_block<T, Acc, VC>(p, gamma, delta, df_accum, scale_exp, smem, threadIdx.x, blockIdx.x,
                            blockIdx.y, blockIdx.z, gridDim.y, gridDim.z);
 }
 
 template <typename T, typename Acc, int VC>
 __global__ void __launch_bounds__(kThreads, SimtMinBlocks<Acc>::value)
-    self_attn_simt_bwd_df_kernel(const SelfAttnBwdParams p, const T* __restrict__ gamma,
+    self_attn_simt_backward_df_kernel(const SelfAttnBackwardParams p, const T* __restrict__ gamma,
                                  const Acc* __restrict__ delta, Acc scale_exp) {
   SAGAN_SIMT_SMEM(Acc, smem);
-  bwd_df_block<T, Acc, VC>(p, gamma, delta, scale_exp, smem, threadIdx.x, blockIdx.x, blockIdx.y,
+  backward_df_block<T, Acc, VC>(p, gamma, delta, scale_exp, smem, threadIdx.x, blockIdx.x, blockIdx.y,
                            blockIdx.z, gridDim.y, gridDim.z);
 }
 #undef SAGAN_SIMT_SMEM

@@ -29,71 +29,71 @@ cudaError_t launch_fwd(const SelfAttnFwdParams& p, cudaStream_t stream) {
 }
 
 template <typename T, int VC>
-cudaError_t launch_bwd_dh(const SelfAttnBwdParams& p, typename AccumulateType<T>::type scale_exp,
+cudaError_t launch_backward_dh(const SelfAttnBackwardParams& p, typename AccumulateType<T>::type scale_exp,
                           cudaStream_t stream) {
   using Acc = acc_t<T>;
-  return launch_plan(plan_bwd_dh<T, VC>(p), self_attn_simt_bwd_dh_kernel<T, Acc, VC>, stream, p,
+  return launch_plan(plan_backward_dh<T, VC>(p), self_attn_simt_backward_dh_kernel<T, Acc, VC>, stream, p,
                      static_cast<const T*>(p.gamma), scale_exp);
 }
 
 // dg (with the atomic df when its plan says so), then the deterministic df.
 template <typename T, int VC>
-cudaError_t launch_bwd_dg_df(const SelfAttnBwdParams& p, typename AccumulateType<T>::type scale_exp,
+cudaError_t launch_backward_dg_df(const SelfAttnBackwardParams& p, typename AccumulateType<T>::type scale_exp,
                              cudaStream_t stream) {
   using Acc = acc_t<T>;
   const T* gamma = static_cast<const T*>(p.gamma);
   const Acc* delta = static_cast<const Acc*>(p.delta);
-  const LaunchPlan dg = plan_bwd_dg<T, VC>(p);
+  const LaunchPlan dg = plan_backward_dg<T, VC>(p);
   Acc* df_accum = dg.atomic_df ? static_cast<Acc*>(p.df_accum) : nullptr;
   cudaError_t err =
-      launch_plan(dg, self_attn_simt_bwd_dg_kernel<T, Acc, VC>, stream, p, gamma, delta, df_accum, scale_exp);
+      launch_plan(dg, self_attn_simt_backward_dg_kernel<T, Acc, VC>, stream, p, gamma, delta, df_accum, scale_exp);
   if (err != cudaSuccess) return err;
-  return launch_plan(plan_bwd_df<T, VC>(p), self_attn_simt_bwd_df_kernel<T, Acc, VC>, stream, p, gamma, delta,
+  return launch_plan(plan_backward_df<T, VC>(p), self_attn_simt_backward_df_kernel<T, Acc, VC>, stream, p, gamma, delta,
                      scale_exp);
 }
 
 // dh (channel tile of Cv), then dg and df (channel tile of Cqk), in stream order; the plans say which
 // of them run.
 template <typename T>
-cudaError_t launch_bwd(const SelfAttnBwdParams& p, cudaStream_t stream) {
+cudaError_t launch_backward(const SelfAttnBackwardParams& p, cudaStream_t stream) {
   using Acc = acc_t<T>;
   constexpr int kWide = SimtChannelTiles<Acc>::kWide;
   constexpr int kNarrow = SimtChannelTiles<Acc>::kNarrow;
   const Acc scale_exp = static_cast<Acc>(p.scale * ExpBase<Acc>::kFromNatural);
-  const cudaError_t err = use_wide<Acc>(p.Cv) ? launch_bwd_dh<T, kWide>(p, scale_exp, stream)
-                                              : launch_bwd_dh<T, kNarrow>(p, scale_exp, stream);
+  const cudaError_t err = use_wide<Acc>(p.Cv) ? launch_backward_dh<T, kWide>(p, scale_exp, stream)
+                                              : launch_backward_dh<T, kNarrow>(p, scale_exp, stream);
   if (err != cudaSuccess) return err;
-  return use_wide<Acc>(p.Cqk) ? launch_bwd_dg_df<T, kWide>(p, scale_exp, stream)
-                              : launch_bwd_dg_df<T, kNarrow>(p, scale_exp, stream);
+  return use_wide<Acc>(p.Cqk) ? launch_backward_dg_df<T, kWide>(p, scale_exp, stream)
+                              : launch_backward_dg_df<T, kNarrow>(p, scale_exp, stream);
 }
 
 // One part of the double backward with the channel tile its channels need (the statistics: narrow).
-template <typename T, DoubleBwdPart kPart>
-cudaError_t launch_double_bwd_part(const SelfAttnDoubleBwdParams& p, typename AccumulateType<T>::type scale_exp,
+template <typename T, DoubleBackwardPart kPart>
+cudaError_t launch_double_backward_part(const SelfAttnDoubleBackwardParams& p, typename AccumulateType<T>::type scale_exp,
                                    cudaStream_t stream) {
   using Acc = acc_t<T>;
   constexpr int kWide = SimtChannelTiles<Acc>::kWide;
   constexpr int kNarrow = SimtChannelTiles<Acc>::kNarrow;
-  if constexpr (kPart != DoubleBwdPart::kStats) {
-    if (use_wide<Acc>(double_bwd_channels<kPart>(p)))
-      return launch_plan(plan_double_bwd<T, kWide, kPart>(p), self_attn_simt_double_bwd_kernel<T, Acc, kWide, kPart>,
+  if constexpr (kPart != DoubleBackwardPart::kStats) {
+    if (use_wide<Acc>(double_backward_channels<kPart>(p)))
+      return launch_plan(plan_double_backward<T, kWide, kPart>(p), self_attn_simt_double_backward_kernel<T, Acc, kWide, kPart>,
                          stream, p, scale_exp);
   }
-  return launch_plan(plan_double_bwd<T, kNarrow, kPart>(p), self_attn_simt_double_bwd_kernel<T, Acc, kNarrow, kPart>,
+  return launch_plan(plan_double_backward<T, kNarrow, kPart>(p), self_attn_simt_double_backward_kernel<T, Acc, kNarrow, kPart>,
                      stream, p, scale_exp);
 }
 
-// The double backward between D and d_gamma (self_attn_bwd_rowstats.cuh, run by the dispatch): the row
+// The double backward between D and d_gamma (self_attn_backward_rowstats.cuh, run by the dispatch): the row
 // statistics R, P, Q, then d_f, d_dy (query tiles) and d_g, d_h (key tiles), in stream order.
 template <typename T>
-cudaError_t launch_double_bwd(const SelfAttnDoubleBwdParams& p, cudaStream_t stream) {
+cudaError_t launch_double_backward(const SelfAttnDoubleBackwardParams& p, cudaStream_t stream) {
   using Acc = acc_t<T>;
   const Acc scale_exp = static_cast<Acc>(p.scale * ExpBase<Acc>::kFromNatural);
-  cudaError_t err = launch_double_bwd_part<T, DoubleBwdPart::kStats>(p, scale_exp, stream);
-  if (err == cudaSuccess) err = launch_double_bwd_part<T, DoubleBwdPart::kDf>(p, scale_exp, stream);
-  if (err == cudaSuccess) err = launch_double_bwd_part<T, DoubleBwdPart::kDdy>(p, scale_exp, stream);
-  if (err == cudaSuccess) err = launch_double_bwd_part<T, DoubleBwdPart::kDg>(p, scale_exp, stream);
-  if (err == cudaSuccess) err = launch_double_bwd_part<T, DoubleBwdPart::kDh>(p, scale_exp, stream);
+  cudaError_t err = launch_double_backward_part<T, DoubleBackwardPart::kStats>(p, scale_exp, stream);
+  if (err == cudaSuccess) err = launch_double_backward_part<T, DoubleBackwardPart::kDf>(p, scale_exp, stream);
+  if (err == cudaSuccess) err = launch_double_backward_part<T, DoubleBackwardPart::kDdy>(p, scale_exp, stream);
+  if (err == cudaSuccess) err = launch_double_backward_part<T, DoubleBackwardPart::kDg>(p, scale_exp, stream);
+  if (err == cudaSuccess) err = launch_double_backward_part<T, DoubleBackwardPart::kDh>(p, scale_exp, stream);
   return err;
 }
 

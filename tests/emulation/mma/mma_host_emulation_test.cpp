@@ -235,7 +235,7 @@ Outcome run_case_k(const Case& cs, unsigned sched_seed, bool quiet = false) {
       for (int64_t c = 0; c < s.Cv; ++c) d += static_cast<float>(dy.at(b, c, i)) * static_cast<float>(D::to_d(o[(b * s.Cv + c) * s.Nq + i]));
       delta[b * s.Nq + i] = d;
     }
-  SelfAttnBwdParams q;
+  SelfAttnBackwardParams q;
   q.B = s.B; q.Cqk = s.Cqk; q.Cv = s.Cv; q.Nq = s.Nq; q.Nk = s.Nk;
   q.dy = dy.ptr(); q.dy_sb = dy.sb; q.dy_sc = dy.sc;
   q.f = p.f; q.f_sb = p.f_sb; q.f_sc = p.f_sc; q.g = p.g; q.g_sb = p.g_sb; q.g_sc = p.g_sc;
@@ -247,25 +247,25 @@ Outcome run_case_k(const Case& cs, unsigned sched_seed, bool quiet = false) {
   q.gamma = &gamma_t;
   q.delta = delta.data();
   // Deterministic mode (no df_accum): dh, dg without atomics, then the df kernel.
-  const LaunchPlan dhp = plan_bwd_dh<T, kCqk>(q), dgp = plan_bwd_dg<T, kCqk>(q), dfp = plan_bwd_df<T, kCqk>(q);
+  const LaunchPlan dhp = plan_backward_dh<T, kCqk>(q), dgp = plan_backward_dg<T, kCqk>(q), dfp = plan_backward_df<T, kCqk>(q);
   if (!dhp.launch || !dgp.launch || dgp.atomic_df || !dfp.launch || dgp.aligned != (aligned && tiles_aligned(q.dy, q.dy_sb, q.dy_sc, q.Nq))) {
     fprintf(stderr, "test setup: deterministic-mode plans\n");
     std::abort();
   }
-  run_plan(dhp, sched_seed + 1, [&] { self_attn_bwd_dh_mma_kernel<T, kCqk>(q, dhp.aligned); });
-  run_plan(dgp, sched_seed + 2, [&] { self_attn_bwd_dg_mma_kernel<T, kCqk>(q, dgp.aligned, dgp.atomic_df); });
-  run_plan(dfp, sched_seed + 3, [&] { self_attn_bwd_df_mma_kernel<T, kCqk>(q, dfp.aligned); });
+  run_plan(dhp, sched_seed + 1, [&] { self_attn_backward_dh_mma_kernel<T, kCqk>(q, dhp.aligned); });
+  run_plan(dgp, sched_seed + 2, [&] { self_attn_backward_dg_mma_kernel<T, kCqk>(q, dgp.aligned, dgp.atomic_df); });
+  run_plan(dfp, sched_seed + 3, [&] { self_attn_backward_df_mma_kernel<T, kCqk>(q, dfp.aligned); });
   // Atomic mode: dg again (into its own buffer) and df_accum += ds g, no df kernel; the glue finishes
   // df = gamma * scale * df_accum in float32 and rounds to T.
   std::vector<float> df_accum(s.B * s.Cqk * s.Nq, 0.f);
   q.df_accum = df_accum.data();
   q.dg = dg_atomic.data();
-  const LaunchPlan dga = plan_bwd_dg<T, kCqk>(q);
-  if (!dga.launch || !dga.atomic_df || plan_bwd_df<T, kCqk>(q).launch) {
+  const LaunchPlan dga = plan_backward_dg<T, kCqk>(q);
+  if (!dga.launch || !dga.atomic_df || plan_backward_df<T, kCqk>(q).launch) {
     fprintf(stderr, "test setup: atomic-mode plans\n");
     std::abort();
   }
-  run_plan(dga, sched_seed + 4, [&] { self_attn_bwd_dg_mma_kernel<T, kCqk>(q, dga.aligned, dga.atomic_df); });
+  run_plan(dga, sched_seed + 4, [&] { self_attn_backward_dg_mma_kernel<T, kCqk>(q, dga.aligned, dga.atomic_df); });
   const float mul = static_cast<float>(gamma) * static_cast<float>(cs.scale);
   std::vector<T> dfa(df_accum.size());
   for (size_t i = 0; i < dfa.size(); ++i) dfa[i] = D::from_d(df_accum[i] * mul);

@@ -1,5 +1,5 @@
 // What the host emulation tests of the SIMT kernels share (simt_host_emulation_test.cpp,
-// simt_double_bwd_emulation_test.cpp): strided random inputs, the float64 reference of the forward and
+// simt_double_backward_emulation_test.cpp): strided random inputs, the float64 reference of the forward and
 // backward, relative errors, and a runner of the launchers' plans over emu::run_block. Include after
 // simt_host_emulation.h and the kernel and plan headers. Test-only.
 #pragma once

@@ -3,7 +3,7 @@
 // the stride padding, which must never be read), shapes that break every tile, both channel tiles,
 // grid y / z smaller than needed (the in-kernel loops), softmax specials, empty sizes, and bitwise
 // equality of two runs under different thread schedules (races). The launchers (<<<>>>) are not run;
-// their launch plans are (self_attn_simt_launch_plan.cuh, self_attn_bwd_rowstats.cuh: the same
+// their launch plans are (self_attn_simt_launch_plan.cuh, self_attn_backward_rowstats.cuh: the same
 // grids, shared memory and choice of kernels), with the channel tile of each test and the grid caps
 // of the capped cases.
 //   g++ -std=c++20 -O2 -pthread -I/usr/local/cuda/include -I. -Wno-unknown-pragmas -Wno-attributes
@@ -11,7 +11,7 @@
 // (from the repository root; about two minutes on two cores; an argument 1..6 runs one group).
 #include "tests/emulation/simt/simt_host_emulation.h"
 #include "kernels/cuda/simt/self_attn_simt_launch_plan.cuh"
-#include "kernels/cuda/self_attn_bwd_rowstats.cuh"
+#include "kernels/cuda/self_attn_backward_rowstats.cuh"
 #include <algorithm>
 #include <cassert>
 #include <limits>
@@ -55,7 +55,7 @@ bool test(const Shape& s, bool with_x, double gamma_v, double scale, int64_t gy_
 
   // Backward, with the kernel's lse and o; delta and dgamma by the rowstats kernels (as the dispatch
   // runs them before the family's kernels).
-  SelfAttnBwdParams q;
+  SelfAttnBackwardParams q;
   q.B = s.B; q.Cqk = s.Cqk; q.Cv = s.Cv; q.Nq = s.Nq; q.Nk = s.Nk;
   q.dy = dy.data.data(); q.dy_sb = dy.sb; q.dy_sc = dy.sc;
   q.f = p.f; q.f_sb = p.f_sb; q.f_sc = p.f_sc; q.g = p.g; q.g_sb = p.g_sb; q.g_sc = p.g_sc;
@@ -77,30 +77,30 @@ bool test(const Shape& s, bool with_x, double gamma_v, double scale, int64_t gy_
     });
   }
   // Deterministic mode (no df_accum): dh, dg without atomics, df.
-  const LaunchPlan dhp = plan_bwd_dh<T, VCB>(q, caps), dgp = plan_bwd_dg<T, VCB>(q, caps), dfp = plan_bwd_df<T, VCB>(q, caps);
+  const LaunchPlan dhp = plan_backward_dh<T, VCB>(q, caps), dgp = plan_backward_dg<T, VCB>(q, caps), dfp = plan_backward_df<T, VCB>(q, caps);
   run_plan(dhp, seed + 1, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-    bwd_dh_block<T, Acc, VCB>(q, &gamma_t, scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, dhp.grid_y, dhp.grid_z);
+    backward_dh_block<T, Acc, VCB>(q, &gamma_t, scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, dhp.grid_y, dhp.grid_z);
   });
   run_plan(dgp, seed + 2, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-    bwd_dg_block<T, Acc, VCB>(q, &gamma_t, delta.data(), dgp.atomic_df ? static_cast<Acc*>(q.df_accum) : nullptr, scale_exp,
+    backward_dg_block<T, Acc, VCB>(q, &gamma_t, delta.data(), dgp.atomic_df ? static_cast<Acc*>(q.df_accum) : nullptr, scale_exp,
                               static_cast<Acc*>(sm), tid, bx, by, bz, dgp.grid_y, dgp.grid_z);
   });
   run_plan(dfp, seed + 4, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-    bwd_df_block<T, Acc, VCB>(q, &gamma_t, delta.data(), scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, dfp.grid_y,
+    backward_df_block<T, Acc, VCB>(q, &gamma_t, delta.data(), scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, dfp.grid_y,
                               dfp.grid_z);
   });
   // Atomic mode: dg again (same values) and df_accum += ds g, then df = gamma scale df_accum by the
   // finish pass (its grid-stride loop on a grid capped at 3 blocks); the plans leave df to it.
   std::vector<Acc> dfacc(s.B * s.Cqk * s.Nq, Acc(0));
-  SelfAttnBwdParams qa = q;
+  SelfAttnBackwardParams qa = q;
   qa.df = df2.data(); qa.df_accum = dfacc.data();
-  const LaunchPlan dga = plan_bwd_dg<T, VCB>(qa, caps), fin = rowstats::plan_df_finish(qa, GridCaps{3, 1, 1});
-  if (!atomic_df_in_dg(qa) || plan_bwd_df<T, VCB>(qa, caps).launch || (dga.launch && !dga.atomic_df)) {
+  const LaunchPlan dga = plan_backward_dg<T, VCB>(qa, caps), fin = rowstats::plan_df_finish(qa, GridCaps{3, 1, 1});
+  if (!atomic_df_in_dg(qa) || plan_backward_df<T, VCB>(qa, caps).launch || (dga.launch && !dga.atomic_df)) {
     fprintf(stderr, "test setup: atomic-mode plans\n");
     std::abort();
   }
   run_plan(dga, seed + 3, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-    bwd_dg_block<T, Acc, VCB>(qa, &gamma_t, delta.data(), dga.atomic_df ? static_cast<Acc*>(qa.df_accum) : nullptr,
+    backward_dg_block<T, Acc, VCB>(qa, &gamma_t, delta.data(), dga.atomic_df ? static_cast<Acc*>(qa.df_accum) : nullptr,
                               scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, dga.grid_y, dga.grid_z);
   });
   run_plan(fin, seed + 7, [&](int tid, void*, int64_t bx, int64_t, int64_t) {
@@ -206,17 +206,17 @@ int edge_sizes() {
     const int64_t B = 1, Cqk = 2, Cv = 3, Nq = 0, Nk = 5;
     std::vector<float> f(1), g(Cqk * Nk, 1.f), h(Cv * Nk, 1.f), dy(1), dh(Cv * Nk, 7.f), dg(Cqk * Nk, 7.f), delta(1);
     std::vector<double> lse(1);
-    SelfAttnBwdParams q; q.B = B; q.Cqk = Cqk; q.Cv = Cv; q.Nq = Nq; q.Nk = Nk;
+    SelfAttnBackwardParams q; q.B = B; q.Cqk = Cqk; q.Cv = Cv; q.Nq = Nq; q.Nk = Nk;
     q.f = f.data(); q.g = g.data(); q.g_sc = Nk; q.g_sb = Cqk * Nk; q.h = h.data(); q.h_sc = Nk; q.h_sb = Cv * Nk; q.dy = dy.data();
     q.lse = lse.data(); q.dh = dh.data(); q.dg = dg.data();
     q.df_accum = delta.data();  // the atomic mode (nothing to add with Nq == 0)
     const float gamma = 2.f;
-    const LaunchPlan dhp = plan_bwd_dh<float, 4>(q), dgp = plan_bwd_dg<float, 4>(q);
+    const LaunchPlan dhp = plan_backward_dh<float, 4>(q), dgp = plan_backward_dg<float, 4>(q);
     chk(dhp.launch && dgp.launch && dgp.atomic_df, "Nq=0 dh and atomic dg launched");
     run_plan(dhp, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-      bwd_dh_block<float, float, 4>(q, &gamma, 1.f, (float*)sm, tid, bx, by, bz, dhp.grid_y, dhp.grid_z); });
+      backward_dh_block<float, float, 4>(q, &gamma, 1.f, (float*)sm, tid, bx, by, bz, dhp.grid_y, dhp.grid_z); });
     run_plan(dgp, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-      bwd_dg_block<float, float, 4>(q, &gamma, delta.data(), static_cast<float*>(q.df_accum), 1.f, (float*)sm, tid, bx, by,
+      backward_dg_block<float, float, 4>(q, &gamma, delta.data(), static_cast<float*>(q.df_accum), 1.f, (float*)sm, tid, bx, by,
                                     bz, dgp.grid_y, dgp.grid_z); });
     for (auto v : dh) chk(v == 0.f, "Nq=0 dh");
     for (auto v : dg) chk(v == 0.f, "Nq=0 dg");
@@ -226,14 +226,14 @@ int edge_sizes() {
     const int64_t B = 1, Cqk = 2, Cv = 3, Nq = 4, Nk = 0;
     std::vector<float> f(Cqk * Nq, 1.f), dy(Cv * Nq, 1.f), df(Cqk * Nq, 7.f), delta(Nq, 0.f), dummy(1);
     std::vector<double> lse(Nq, 0.0);
-    SelfAttnBwdParams q; q.B = B; q.Cqk = Cqk; q.Cv = Cv; q.Nq = Nq; q.Nk = Nk;
+    SelfAttnBackwardParams q; q.B = B; q.Cqk = Cqk; q.Cv = Cv; q.Nq = Nq; q.Nk = Nk;
     q.f = f.data(); q.f_sc = Nq; q.f_sb = Cqk * Nq; q.g = dummy.data(); q.h = dummy.data(); q.dy = dy.data(); q.dy_sc = Nq; q.dy_sb = Cv * Nq;
     q.lse = lse.data(); q.df = df.data();
     const float gamma = 2.f;
-    const LaunchPlan pl = plan_bwd_df<float, 4>(q);
+    const LaunchPlan pl = plan_backward_df<float, 4>(q);
     chk(pl.launch, "Nk=0 df launched");
     run_plan(pl, 7, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-      bwd_df_block<float, float, 4>(q, &gamma, delta.data(), 1.f, (float*)sm, tid, bx, by, bz, pl.grid_y, pl.grid_z); });
+      backward_df_block<float, float, 4>(q, &gamma, delta.data(), 1.f, (float*)sm, tid, bx, by, bz, pl.grid_y, pl.grid_z); });
     for (auto v : df) chk(v == 0.f, "Nk=0 df");
   }
   printf("edge sizes: %d failures\n", bad);

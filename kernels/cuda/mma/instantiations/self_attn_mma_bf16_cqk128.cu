@@ -5,5 +5,5 @@
 
 namespace sagan::kernels::cuda::mma {
 template cudaError_t launch_fwd<__nv_bfloat16, 128>(const SelfAttnFwdParams&, cudaStream_t);
-template cudaError_t launch_bwd<__nv_bfloat16, 128>(const SelfAttnBwdParams&, cudaStream_t);
+template cudaError_t launch_backward<__nv_bfloat16, 128>(const SelfAttnBackwardParams&, cudaStream_t);
 }  // namespace sagan::kernels::cuda::mma

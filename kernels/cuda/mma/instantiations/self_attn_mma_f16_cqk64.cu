@@ -5,5 +5,5 @@
 
 namespace sagan::kernels::cuda::mma {
 template cudaError_t launch_fwd<__half, 64>(const SelfAttnFwdParams&, cudaStream_t);
-template cudaError_t launch_bwd<__half, 64>(const SelfAttnBwdParams&, cudaStream_t);
+template cudaError_t launch_backward<__half, 64>(const SelfAttnBackwardParams&, cudaStream_t);
 }  // namespace sagan::kernels::cuda::mma

@@ -5,5 +5,5 @@
 
 namespace sagan::kernels::cuda::simt {
 template cudaError_t launch_fwd<__half>(const SelfAttnFwdParams&, cudaStream_t);
-template cudaError_t launch_bwd<__half>(const SelfAttnBwdParams&, cudaStream_t);
+template cudaError_t launch_backward<__half>(const SelfAttnBackwardParams&, cudaStream_t);
 }  // namespace sagan::kernels::cuda::simt

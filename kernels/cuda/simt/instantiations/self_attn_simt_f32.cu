@@ -5,5 +5,5 @@
 
 namespace sagan::kernels::cuda::simt {
 template cudaError_t launch_fwd<float>(const SelfAttnFwdParams&, cudaStream_t);
-template cudaError_t launch_bwd<float>(const SelfAttnBwdParams&, cudaStream_t);
+template cudaError_t launch_backward<float>(const SelfAttnBackwardParams&, cudaStream_t);
 }  // namespace sagan::kernels::cuda::simt

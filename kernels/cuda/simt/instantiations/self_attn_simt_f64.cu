@@ -5,5 +5,5 @@
 
 namespace sagan::kernels::cuda::simt {
 template cudaError_t launch_fwd<double>(const SelfAttnFwdParams&, cudaStream_t);
-template cudaError_t launch_bwd<double>(const SelfAttnBwdParams&, cudaStream_t);
+template cudaError_t launch_backward<double>(const SelfAttnBackwardParams&, cudaStream_t);
 }  // namespace sagan::kernels::cuda::simt

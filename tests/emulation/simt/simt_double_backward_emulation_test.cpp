@@ -1,5 +1,5 @@
-// Runs the SIMT double backward (kernels/cuda/simt/self_attn_simt_double_bwd_kernel.cuh, with D and
-// d_gamma of kernels/cuda/self_attn_bwd_rowstats.cuh) block by block on the CPU under
+// Runs the SIMT double backward (kernels/cuda/simt/self_attn_simt_double_backward_kernel.cuh, with D and
+// d_gamma of kernels/cuda/self_attn_backward_rowstats.cuh) block by block on the CPU under
 // simt_host_emulation.h, against a float64 oracle of its formulas, itself checked once against central
 // differences of the float64 reference of the first backward (simt_emulation_reference.h). Cases: N not
 // a multiple of any tile, Nk != Nq, Cqk = 1, Cv large (two channel chunks of either tile), grid y / z
@@ -7,14 +7,14 @@
 // scale != 1, float32, float64, float16, bfloat16, and bitwise equality under two thread schedules and
 // grid caps. Strided inputs carry NaN in their padding (never read); outputs and row statistics start
 // as NaN (every element must be written). The kernels run on their launchers' plans
-// (self_attn_simt_launch_plan.cuh, self_attn_bwd_rowstats.cuh), with each test's channel tiles and
+// (self_attn_simt_launch_plan.cuh, self_attn_backward_rowstats.cuh), with each test's channel tiles and
 // grid caps.
 //   g++ -std=c++20 -O2 -pthread -I/usr/local/cuda/include -I. -Wno-unknown-pragmas -Wno-attributes
-//       tests/emulation/simt/simt_double_bwd_emulation_test.cpp -o /tmp/simt_dbwd && /tmp/simt_dbwd
+//       tests/emulation/simt/simt_double_backward_emulation_test.cpp -o /tmp/simt_double_backward && /tmp/simt_double_backward
 // (from the repository root; an argument 1..4 runs one group).
 #include "tests/emulation/simt/simt_host_emulation.h"
 #include "kernels/cuda/simt/self_attn_simt_launch_plan.cuh"
-#include "kernels/cuda/self_attn_bwd_rowstats.cuh"
+#include "kernels/cuda/self_attn_backward_rowstats.cuh"
 #include <algorithm>
 #include <cstring>
 
@@ -48,7 +48,7 @@ struct DbRef {
 };
 
 template <typename T>
-DbRef reference_double_bwd(const DbInputs<T>& in, const std::vector<double>& o) {
+DbRef reference_double_backward(const DbInputs<T>& in, const std::vector<double>& o) {
   const Shape& s = in.s;
   const int64_t B = s.B, Cqk = s.Cqk, Cv = s.Cv, Nq = s.Nq, Nk = s.Nk;
   const double gamma = in.gamma, ugamma = in.ugamma, scale = in.scale;
@@ -120,7 +120,7 @@ bool oracle_matches_finite_differences() {
   DbInputs<double> in(s, rng, 0.7, 0.45, 0.8);
   const Strided<double>* no_x = nullptr;
   Ref base = reference(s, in.f, in.g, in.h, no_x, in.dy, in.gamma, in.scale);
-  DbRef r = reference_double_bwd(in, base.o);
+  DbRef r = reference_double_backward(in, base.o);
   auto loss = [&](const DbInputs<double>& x, double gamma) {
     Ref q = reference(s, x.f, x.g, x.h, no_x, x.dy, gamma, x.scale);
     double L = 0;
@@ -240,10 +240,10 @@ bool test(const Case& k, unsigned seed, double tol, std::vector<double>* bits_ou
   in.o.resize(fw.o.size());
   std::vector<double> o_d(fw.o.size());
   for (size_t i = 0; i < fw.o.size(); ++i) { in.o[i] = from_d<T>(fw.o[i]); o_d[i] = to_d(in.o[i]); }
-  const DbRef r = reference_double_bwd(in, o_d);
+  const DbRef r = reference_double_backward(in, o_d);
 
   const T gamma_t = from_d<T>(k.gamma), ugamma_t = from_d<T>(k.ugamma);
-  SelfAttnDoubleBwdParams p;
+  SelfAttnDoubleBackwardParams p;
   p.B = s.B; p.Cqk = s.Cqk; p.Cv = s.Cv; p.Nq = s.Nq; p.Nk = s.Nk;
   p.dy = in.dy.data.data(); p.dy_sb = in.dy.sb; p.dy_sc = in.dy.sc;
   p.f = in.f.data.data(); p.f_sb = in.f.sb; p.f_sc = in.f.sc;
@@ -265,28 +265,28 @@ bool test(const Case& k, unsigned seed, double tol, std::vector<double>* bits_ou
   // D (grid: query blocks x capped batches), as the dispatch runs it first.
   const LaunchPlan d_plan = rowstats::plan_row_dot(s.B, s.Nq, GridCaps{kMaxGridX, k.gz_cap, 1});
   run_plan(d_plan, seed + 5, [&](int tid, void*, int64_t bx, int64_t by, int64_t) {
-    rowstats::double_bwd_d_block<T>(p, tid, bx, by, d_plan.grid_y);
+    rowstats::double_backward_d_block<T>(p, tid, bx, by, d_plan.grid_y);
   });
   // The statistics (narrow tile), then the four outputs with the tiles of this test.
   const GridCaps caps{kMaxGridX, k.gy_cap, k.gz_cap};
   auto part = [&](auto vc, auto tag, unsigned sd) {
     constexpr int VC = decltype(vc)::value;
-    constexpr DoubleBwdPart kPart = decltype(tag)::value;
-    const LaunchPlan pl = plan_double_bwd<T, VC, kPart>(p, caps);
+    constexpr DoubleBackwardPart kPart = decltype(tag)::value;
+    const LaunchPlan pl = plan_double_backward<T, VC, kPart>(p, caps);
     run_plan(pl, sd, [&](int tid, void* sm, int64_t bx, int64_t by, int64_t bz) {
-      double_bwd_block<T, Acc, VC, kPart>(p, scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, pl.grid_y, pl.grid_z);
+      double_backward_block<T, Acc, VC, kPart>(p, scale_exp, static_cast<Acc*>(sm), tid, bx, by, bz, pl.grid_y, pl.grid_z);
     });
   };
   using VN = std::integral_constant<int, SimtChannelTiles<Acc>::kNarrow>;
   using VQ = std::integral_constant<int, VCQ>;
   using VV = std::integral_constant<int, VCV>;
-  part(VN{}, std::integral_constant<DoubleBwdPart, DoubleBwdPart::kStats>{}, seed);
-  part(VQ{}, std::integral_constant<DoubleBwdPart, DoubleBwdPart::kDf>{}, seed + 1);
-  part(VV{}, std::integral_constant<DoubleBwdPart, DoubleBwdPart::kDdy>{}, seed + 2);
-  part(VQ{}, std::integral_constant<DoubleBwdPart, DoubleBwdPart::kDg>{}, seed + 3);
-  part(VV{}, std::integral_constant<DoubleBwdPart, DoubleBwdPart::kDh>{}, seed + 4);
+  part(VN{}, std::integral_constant<DoubleBackwardPart, DoubleBackwardPart::kStats>{}, seed);
+  part(VQ{}, std::integral_constant<DoubleBackwardPart, DoubleBackwardPart::kDf>{}, seed + 1);
+  part(VV{}, std::integral_constant<DoubleBackwardPart, DoubleBackwardPart::kDdy>{}, seed + 2);
+  part(VQ{}, std::integral_constant<DoubleBackwardPart, DoubleBackwardPart::kDg>{}, seed + 3);
+  part(VV{}, std::integral_constant<DoubleBackwardPart, DoubleBackwardPart::kDh>{}, seed + 4);
   run_plan(rowstats::plan_block_sum(), seed + 6, [&](int tid, void* sm, int64_t, int64_t, int64_t) {
-    rowstats::double_bwd_dgamma_block<T>(p, static_cast<double*>(sm), tid);
+    rowstats::double_backward_dgamma_block<T>(p, static_cast<double*>(sm), tid);
   });
 
   bool nan = false;

@@ -60,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cu
     const at::Tensor& gamma_in, double scale, std::array<bool, 3> output_mask) {
   check_self_attn_backward_args(grad_y_in, f_in, g_in, h_in, o_in, lse_in, gamma_in, scale);
   const c10::cuda::CUDAGuard guard(f_in.device());
-  BwdTensors t;
+  BackwardTensors t;
   t.dy = n_contiguous(grad_y_in);
   t.f = n_contiguous(f_in);
   t.g = n_contiguous(g_in);
@@ -83,13 +83,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cu
   if (output_mask[0] && output_mask[1] && !deterministic) {
     t.df_accum = at::zeros({B, Cqk, Nq}, t.f.options().dtype(acc));
   }
-  kernels::SelfAttnBwdParams p = bwd_params(t, scale, deterministic);
+  kernels::SelfAttnBackwardParams p = backward_params(t, scale, deterministic);
   p.dgamma = dgamma.mutable_data_ptr<double>();
-  C10_CUDA_CHECK(kc::self_attn_bwd(kernel_dtype(dtype), p, c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(kc::self_attn_backward(kernel_dtype(dtype), p, c10::cuda::getCurrentCUDAStream()));
   return {t.df, t.dg, t.dh, dgamma.to(t.gamma.scalar_type()).reshape(gamma_in.sizes())};
 }
 
-// The fused double backward (kernels/cuda/simt/self_attn_simt_double_bwd_kernel.cuh): O(B C N) memory,
+// The fused double backward (kernels/cuda/simt/self_attn_simt_double_backward_kernel.cuh): O(B C N) memory,
 // no (B, Nq, Nk) map; its SIMT kernels take every shape and dtype the checks allow, so there is no
 // composite fallback here. gamma and ugamma are read by the kernels, so nothing synchronises.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_double_backward_cuda(
@@ -100,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn
   check_self_attn_double_backward_args(uf_in, ug_in, uh_in, ugamma_in, grad_y_in, f_in, g_in, h_in,
                                        o_in, lse_in, gamma_in, scale);
   const c10::cuda::CUDAGuard guard(f_in.device());
-  DoubleBwdTensors t;
+  DoubleBackwardTensors t;
   t.dy = n_contiguous(grad_y_in);
   t.f = n_contiguous(f_in);
   t.g = n_contiguous(g_in);
@@ -122,9 +122,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn
   t.d_h = at::empty({B, Cv, Nk}, t.f.options());
   at::Tensor d_gamma = at::empty({}, t.f.options().dtype(at::kDouble));
 
-  kernels::SelfAttnDoubleBwdParams p = double_bwd_params(t, scale);
+  kernels::SelfAttnDoubleBackwardParams p = double_backward_params(t, scale);
   p.d_gamma = d_gamma.mutable_data_ptr<double>();
-  C10_CUDA_CHECK(kc::self_attn_double_bwd(kernel_dtype(dtype), p, c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(kc::self_attn_double_backward(kernel_dtype(dtype), p, c10::cuda::getCurrentCUDAStream()));
   return {t.d_dy, t.d_f, t.d_g, t.d_h, d_gamma.to(t.gamma.scalar_type()).reshape(gamma_in.sizes())};
 }
 

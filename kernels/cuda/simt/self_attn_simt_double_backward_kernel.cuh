@@ -13,7 +13,7 @@
 //   d_gamma = sum_i (P_i - D_i R_i + Q_i).
 //
 // Kernels (256 threads, 64 x 64 score tiles and the tile helpers of self_attn_simt_kernel.cuh), launched
-// in this order by self_attn_simt_launch.cuh, between D and d_gamma (self_attn_bwd_rowstats.cuh):
+// in this order by self_attn_simt_launch.cuh, between D and d_gamma (self_attn_backward_rowstats.cuh):
 //   stats: grid (query tiles, 1, B): R, P, Q over the key tiles, each thread summing its 4 keys of every
 //          tile, then the 16 threads of a row in a fixed shuffle tree.
 //   d_f:   grid (query tiles, Cqk chunks, B) and d_dy: grid (query tiles, Cv chunks, B): loop over key tiles.
@@ -37,15 +37,15 @@
 
 #include <cstdint>
 
-#include "kernels/cuda/self_attn_cuda_common.cuh"
+#include "kernels/cuda/self_attn_cuda_numerics.cuh"
 #include "kernels/cuda/simt/self_attn_simt_kernel.cuh"
 #include "kernels/cuda/simt/self_attn_simt_traits.h"
 #include "kernels/self_attn_params.h"
 
 namespace sagan::kernels::cuda::simt {
 
-// The five kernels of the double backward, one template (self_attn_simt_double_bwd_kernel).
-enum class DoubleBwdPart { kStats, kDf, kDdy, kDg, kDh };
+// The five kernels of the double backward, one template (self_attn_simt_double_backward_kernel).
+enum class DoubleBackwardPart { kStats, kDf, kDdy, kDg, kDh };
 
 constexpr int max_of(int a, int b) { return a > b ? a : b; }
 
@@ -54,7 +54,7 @@ constexpr int max_of(int a, int b) { return a > b ? a : b; }
 // or transposed [64][BC + pad]) and the output staging os ([BC][64 + pad]); and the weight tile W
 // [64 queries][64 keys + pad] (row-major like a score tile). The stats kernel uses As, Bs only.
 template <typename Acc, int VC>
-struct DoubleBwdSmem {
+struct DoubleBackwardSmem {
   static constexpr int kBC = VC * kTx;
   static constexpr int kLdW = kBlockK + kPad;
   static constexpr int kLdV = kBlockK + kPad;   // channels x positions (product_nt)
@@ -90,7 +90,7 @@ struct SecondOrderRow {
 // (0 out of range): three Cqk-deep dot_tiles (barriers inside; see dot_tile).
 template <typename T, typename Acc>
 __device__ __forceinline__ void probs_and_b(Acc (&pr)[4][4], Acc (&bm)[4][4],
-                                            const SelfAttnDoubleBwdParams& p, int64_t b, int64_t q0,
+                                            const SelfAttnDoubleBackwardParams& p, int64_t b, int64_t q0,
                                             int64_t k0, Acc scale_exp, Acc scale, Acc* As, Acc* Bs,
                                             int tid) {
   const int tx = tid % kTx, ty = tid / kTx;
@@ -111,7 +111,7 @@ __device__ __forceinline__ void probs_and_b(Acc (&pr)[4][4], Acc (&bm)[4][4],
 
 // The Cv-deep tile dy^T v (v = h: dp; v = uh: E), queries q0 + ty*4 + i, keys k0 + tx*4 + j.
 template <typename T, typename Acc>
-__device__ __forceinline__ void dy_dot(Acc (&out)[4][4], const SelfAttnDoubleBwdParams& p, int64_t b,
+__device__ __forceinline__ void dy_dot(Acc (&out)[4][4], const SelfAttnDoubleBackwardParams& p, int64_t b,
                                        int64_t q0, int64_t k0, const T* vb, int64_t v_sc, Acc* As,
                                        Acc* Bs, int tid) {
   dot_tile(out, static_cast<const T*>(p.dy) + b * p.dy_sb, p.dy_sc, q0, p.Nq, vb, v_sc, k0, p.Nk, p.Cv,
@@ -124,7 +124,7 @@ __device__ __forceinline__ void dy_dot(Acc (&out)[4][4], const SelfAttnDoubleBwd
 template <typename T, typename Acc>
 __device__ __forceinline__ void ds_weights(Acc (&pr)[4][4], Acc (&bm)[4][4], Acc* w,
                                            const SecondOrderRow<Acc> (&rows)[4],
-                                           const SelfAttnDoubleBwdParams& p, int64_t b, int64_t q0,
+                                           const SelfAttnDoubleBackwardParams& p, int64_t b, int64_t q0,
                                            int64_t k0, Acc gamma, Acc* As, Acc* Bs, int tid) {
   constexpr int LDW = kBlockK + kPad;
   const int tx = tid % kTx, ty = tid / kTx;
@@ -169,9 +169,9 @@ __device__ __forceinline__ void store_weights(Acc* w, const Acc (&v)[4][4], int 
 // ---------------------------------------------------------------------------------------------------
 // stats block: queries q0 = bx * 64 .. +63 of batches bz, bz + gz, ...: R, P, Q into rowstats.
 template <typename T, typename Acc>
-__device__ void double_bwd_stats_block(const SelfAttnDoubleBwdParams& p, Acc scale_exp, Acc* smem,
+__device__ void double_backward_stats_block(const SelfAttnDoubleBackwardParams& p, Acc scale_exp, Acc* smem,
                                        int tid, int64_t bx, int64_t bz, int64_t gz) {
-  using S = DoubleBwdSmem<Acc, SimtChannelTiles<Acc>::kNarrow>;
+  using S = DoubleBackwardSmem<Acc, SimtChannelTiles<Acc>::kNarrow>;
   const int tx = tid % kTx, ty = tid / kTx;
   const int64_t Nq = p.Nq, Nk = p.Nk, BNq = p.B * p.Nq;
   const int64_t q0 = bx * kBlockQ;
@@ -230,13 +230,13 @@ __device__ void double_bwd_stats_block(const SelfAttnDoubleBwdParams& p, Acc sca
 // ty*4 + i (product_nt with V = [BC][keys], W = [queries][keys]).
 //   d_f (kDf):   acc += ug W + g G,           d_f = scale acc
 //   d_dy (kDdy): acc += h (gamma p B) + uh (gamma p),   d_dy = acc + a o
-template <typename T, typename Acc, int VC, DoubleBwdPart kPart>
-__device__ void double_bwd_query_block(const SelfAttnDoubleBwdParams& p, Acc gamma, Acc ugamma,
+template <typename T, typename Acc, int VC, DoubleBackwardPart kPart>
+__device__ void double_backward_query_block(const SelfAttnDoubleBackwardParams& p, Acc gamma, Acc ugamma,
                                        Acc scale_exp, Acc* smem, int tid, int64_t bx, int64_t by,
                                        int64_t bz, int64_t gy, int64_t gz) {
-  static_assert(kPart == DoubleBwdPart::kDf || kPart == DoubleBwdPart::kDdy, "query-side parts");
-  constexpr bool kDf = kPart == DoubleBwdPart::kDf;
-  using S = DoubleBwdSmem<Acc, VC>;
+  static_assert(kPart == DoubleBackwardPart::kDf || kPart == DoubleBackwardPart::kDdy, "query-side parts");
+  constexpr bool kDf = kPart == DoubleBackwardPart::kDf;
+  using S = DoubleBackwardSmem<Acc, VC>;
   constexpr int BC = S::kBC;
   const int tx = tid % kTx, ty = tid / kTx;
   const int64_t Nq = p.Nq, Nk = p.Nk, BNq = p.B * p.Nq;
@@ -343,13 +343,13 @@ __device__ void double_bwd_query_block(const SelfAttnDoubleBwdParams& p, Acc gam
 // W = [queries][keys]).
 //   d_g (kDg): acc += uf W + f G,   d_g = scale acc
 //   d_h (kDh): acc += dy (p (gamma B + a)),   d_h = acc
-template <typename T, typename Acc, int VC, DoubleBwdPart kPart>
-__device__ void double_bwd_key_block(const SelfAttnDoubleBwdParams& p, Acc gamma, Acc ugamma,
+template <typename T, typename Acc, int VC, DoubleBackwardPart kPart>
+__device__ void double_backward_key_block(const SelfAttnDoubleBackwardParams& p, Acc gamma, Acc ugamma,
                                      Acc scale_exp, Acc* smem, int tid, int64_t bx, int64_t by,
                                      int64_t bz, int64_t gy, int64_t gz) {
-  static_assert(kPart == DoubleBwdPart::kDg || kPart == DoubleBwdPart::kDh, "key-side parts");
-  constexpr bool kDg = kPart == DoubleBwdPart::kDg;
-  using S = DoubleBwdSmem<Acc, VC>;
+  static_assert(kPart == DoubleBackwardPart::kDg || kPart == DoubleBackwardPart::kDh, "key-side parts");
+  constexpr bool kDg = kPart == DoubleBackwardPart::kDg;
+  using S = DoubleBackwardSmem<Acc, VC>;
   constexpr int BC = S::kBC;
   const int tx = tid % kTx, ty = tid / kTx;
   const int64_t Nq = p.Nq, Nk = p.Nk, BNq = p.B * p.Nq;
@@ -441,29 +441,29 @@ __device__ void double_bwd_key_block(const SelfAttnDoubleBwdParams& p, Acc gamma
 
 // Every part through one entry, for the kernel template and the host emulation alike. gamma and
 // ugamma are read from the device here (never on the host: no synchronisation, graph capturable).
-template <typename T, typename Acc, int VC, DoubleBwdPart kPart>
-__device__ void double_bwd_block(const SelfAttnDoubleBwdParams& p, Acc scale_exp, Acc* smem, int tid,
+template <typename T, typename Acc, int VC, DoubleBackwardPart kPart>
+__device__ void double_backward_block(const SelfAttnDoubleBackwardParams& p, Acc scale_exp, Acc* smem, int tid,
                                  int64_t bx, int64_t by, int64_t bz, int64_t gy, int64_t gz) {
-  if constexpr (kPart == DoubleBwdPart::kStats) {
-    double_bwd_stats_block<T, Acc>(p, scale_exp, smem, tid, bx, bz, gz);
+  if constexpr (kPart == DoubleBackwardPart::kStats) {
+    double_backward_stats_block<T, Acc>(p, scale_exp, smem, tid, bx, bz, gz);
   } else {
     const Acc gamma = convert<Acc>(static_cast<const T*>(p.gamma)[0]);
     const Acc ugamma = convert<Acc>(static_cast<const T*>(p.ugamma)[0]);
-    if constexpr (kPart == DoubleBwdPart::kDf || kPart == DoubleBwdPart::kDdy) {
-      double_bwd_query_block<T, Acc, VC, kPart>(p, gamma, ugamma, scale_exp, smem, tid, bx, by, bz, gy, gz);
+    if constexpr (kPart == DoubleBackwardPart::kDf || kPart == DoubleBackwardPart::kDdy) {
+      double_backward_query_block<T, Acc, VC, kPart>(p, gamma, ugamma, scale_exp, smem, tid, bx, by, bz, gy, gz);
     } else {
-      double_bwd_key_block<T, Acc, VC, kPart>(p, gamma, ugamma, scale_exp, smem, tid, bx, by, bz, gy, gz);
+      double_backward_key_block<T, Acc, VC, kPart>(p, gamma, ugamma, scale_exp, smem, tid, bx, by, bz, gy, gz);
     }
   }
 }
 
 #if defined(__CUDACC__)
-template <typename T, typename Acc, int VC, DoubleBwdPart kPart>
+template <typename T, typename Acc, int VC, DoubleBackwardPart kPart>
 __global__ void __launch_bounds__(kThreads, SimtMinBlocks<Acc>::value)
-    self_attn_simt_double_bwd_kernel(const SelfAttnDoubleBwdParams p, Acc scale_exp) {
-  extern __shared__ __align__(16) unsigned char sagan_simt_double_bwd_smem[];
-  double_bwd_block<T, Acc, VC, kPart>(p, scale_exp,
-                                      reinterpret_cast<Acc*>(sagan_simt_double_bwd_smem), threadIdx.x,
+    self_attn_simt_double_backward_kernel(const SelfAttnDoubleBackwardParams p, Acc scale_exp) {
+  extern __shared__ __align__(16) unsigned char sagan_simt_double_backward_smem[];
+  double_backward_block<T, Acc, VC, kPart>(p, scale_exp,
+                                      reinterpret_cast<Acc*>(sagan_simt_double_backward_smem), threadIdx.x,
                                       blockIdx.x, blockIdx.y, blockIdx.z, gridDim.y, gridDim.z);
 }
 #endif  // __CUDACC__

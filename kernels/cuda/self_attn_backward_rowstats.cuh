@@ -3,7 +3,7 @@
 //   before: delta_i = sum_c dy[c,i] o[c,i] (accumulate dtype), and dgamma = sum over b, i of delta
 //           (float64), each summed by one thread or one block in a fixed order: deterministic;
 //   after, in the atomic mode only: df = gamma * scale * df_accum, rounded to the storage dtype.
-// And of the double backward (kernels/cuda/simt/self_attn_simt_double_bwd_kernel.cuh):
+// And of the double backward (kernels/cuda/simt/self_attn_simt_double_backward_kernel.cuh):
 //   before: its row statistic D_i = sum_c dy[c,i] o[c,i] (the same row dot as delta);
 //   after: d_gamma = sum over b, i of (P_i - D_i R_i + Q_i), float64, by one block in a fixed order.
 // Block bodies take (tid, block indices) so the host emulation runs them as the GPU does, on the grids
@@ -13,7 +13,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/self_attn_cuda.h"
-#include "kernels/cuda/self_attn_cuda_common.cuh"
+#include "kernels/cuda/self_attn_cuda_numerics.cuh"
 #include "kernels/cuda/self_attn_launch_plan.h"
 #include "kernels/self_attn_params.h"
 
@@ -36,7 +36,7 @@ inline LaunchPlan plan_block_sum() {
 
 // df = gamma * scale * df_accum after the main kernels, in the atomic mode only: a flat grid-stride
 // loop over B * Cqk * Nq elements.
-inline LaunchPlan plan_df_finish(const SelfAttnBwdParams& p, const GridCaps& caps = {}) {
+inline LaunchPlan plan_df_finish(const SelfAttnBackwardParams& p, const GridCaps& caps = {}) {
   const int64_t n = p.B * p.Cqk * p.Nq;
   return looped_grid_plan(atomic_df_in_dg(p) && n > 0,
                           min_i64(ceil_div(n, kThreads), min_i64(kMaxFinishBlocks, caps.x)), 1, 1, kThreads,
@@ -62,7 +62,7 @@ __device__ void row_dot_dy_o_block(int64_t B, int64_t Cv, int64_t Nq, const T* d
 
 // delta of the backward.
 template <typename T>
-__device__ void delta_block(const SelfAttnBwdParams& p, int tid, int64_t bx, int64_t by, int64_t gy) {
+__device__ void delta_block(const SelfAttnBackwardParams& p, int tid, int64_t bx, int64_t by, int64_t gy) {
   row_dot_dy_o_block<T>(p.B, p.Cv, p.Nq, static_cast<const T*>(p.dy), p.dy_sb, p.dy_sc,
                         static_cast<const T*>(p.o), p.o_sb, p.o_sc, static_cast<acc_t<T>*>(p.delta),
                         tid, bx, by, gy);
@@ -70,7 +70,7 @@ __device__ void delta_block(const SelfAttnBwdParams& p, int tid, int64_t bx, int
 
 // D of the double backward: the first of its four row statistics.
 template <typename T>
-__device__ void double_bwd_d_block(const SelfAttnDoubleBwdParams& p, int tid, int64_t bx, int64_t by,
+__device__ void double_backward_d_block(const SelfAttnDoubleBackwardParams& p, int tid, int64_t bx, int64_t by,
                                    int64_t gy) {
   row_dot_dy_o_block<T>(p.B, p.Cv, p.Nq, static_cast<const T*>(p.dy), p.dy_sb, p.dy_sc,
                         static_cast<const T*>(p.o), p.o_sb, p.o_sc, static_cast<acc_t<T>*>(p.rowstats),
@@ -92,7 +92,7 @@ __device__ __forceinline__ void block_sum_f64(double s, double* smem, int tid, d
 // dgamma = sum of all B * Nq deltas, by one block: thread tid sums elements tid, tid + kThreads, ...
 // in float64, then the tree.
 template <typename T>
-__device__ void dgamma_block(const SelfAttnBwdParams& p, double* smem, int tid) {
+__device__ void dgamma_block(const SelfAttnBackwardParams& p, double* smem, int tid) {
   using Acc = acc_t<T>;
   const Acc* delta = static_cast<const Acc*>(p.delta);
   const int64_t n = p.B * p.Nq;
@@ -104,7 +104,7 @@ __device__ void dgamma_block(const SelfAttnBwdParams& p, double* smem, int tid) 
 // d_gamma = sum over b, i of (P_i - D_i R_i + Q_i) (rowstats = D, R, P, Q, each (B, Nq)), by one
 // block as dgamma_block.
 template <typename T>
-__device__ void double_bwd_dgamma_block(const SelfAttnDoubleBwdParams& p, double* smem, int tid) {
+__device__ void double_backward_dgamma_block(const SelfAttnDoubleBackwardParams& p, double* smem, int tid) {
   using Acc = acc_t<T>;
   const int64_t n = p.B * p.Nq;
   const Acc* D = static_cast<const Acc*>(p.rowstats);
@@ -121,7 +121,7 @@ __device__ void double_bwd_dgamma_block(const SelfAttnDoubleBwdParams& p, double
 // df[k] = gamma * scale * df_accum[k] for k = bx * kThreads + tid, + gx * kThreads, ...: a flat
 // grid-stride loop.
 template <typename T>
-__device__ void df_finish_block(const SelfAttnBwdParams& p, int tid, int64_t bx, int64_t gx) {
+__device__ void df_finish_block(const SelfAttnBackwardParams& p, int tid, int64_t bx, int64_t gx) {
   using Acc = acc_t<T>;
   const Acc mul = convert<Acc>(*static_cast<const T*>(p.gamma)) * static_cast<Acc>(p.scale);
   const Acc* acc = static_cast<const Acc*>(p.df_accum);
@@ -137,36 +137,36 @@ __device__ void df_finish_block(const SelfAttnBwdParams& p, int tid, int64_t bx,
   double* name = reinterpret_cast<double*>(sagan_rowstats_smem)
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) delta_kernel(const SelfAttnBwdParams p) {
+__global__ void __launch_bounds__(kThreads) delta_kernel(const SelfAttnBackwardParams p) {
   delta_block<T>(p, threadIdx.x, blockIdx.x, blockIdx.y, gridDim.y);
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) dgamma_kernel(const SelfAttnBwdParams p) {
+__global__ void __launch_bounds__(kThreads) dgamma_kernel(const SelfAttnBackwardParams p) {
   SAGAN_ROWSTATS_SMEM(smem);
   dgamma_block<T>(p, smem, threadIdx.x);
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) df_finish_kernel(const SelfAttnBwdParams p) {
+__global__ void __launch_bounds__(kThreads) df_finish_kernel(const SelfAttnBackwardParams p) {
   df_finish_block<T>(p, threadIdx.x, blockIdx.x, gridDim.x);
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) double_bwd_d_kernel(const SelfAttnDoubleBwdParams p) {
-  double_bwd_d_block<T>(p, threadIdx.x, blockIdx.x, blockIdx.y, gridDim.y);
+__global__ void __launch_bounds__(kThreads) double_backward_d_kernel(const SelfAttnDoubleBackwardParams p) {
+  double_backward_d_block<T>(p, threadIdx.x, blockIdx.x, blockIdx.y, gridDim.y);
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) double_bwd_dgamma_kernel(const SelfAttnDoubleBwdParams p) {
+__global__ void __launch_bounds__(kThreads) double_backward_dgamma_kernel(const SelfAttnDoubleBackwardParams p) {
   SAGAN_ROWSTATS_SMEM(smem);
-  double_bwd_dgamma_block<T>(p, smem, threadIdx.x);
+  double_backward_dgamma_block<T>(p, smem, threadIdx.x);
 }
 #undef SAGAN_ROWSTATS_SMEM
 
 // delta and dgamma (before the main kernels).
 template <typename T>
-cudaError_t launch_pre(const SelfAttnBwdParams& p, cudaStream_t stream) {
+cudaError_t launch_pre(const SelfAttnBackwardParams& p, cudaStream_t stream) {
   if (cudaError_t e = launch_plan(plan_row_dot(p.B, p.Nq), delta_kernel<T>, stream, p); e != cudaSuccess)
     return e;
   return launch_plan(plan_block_sum(), dgamma_kernel<T>, stream, p);
@@ -174,19 +174,19 @@ cudaError_t launch_pre(const SelfAttnBwdParams& p, cudaStream_t stream) {
 
 // df from df_accum (after the main kernels; its plan runs in the atomic mode only).
 template <typename T>
-cudaError_t launch_post(const SelfAttnBwdParams& p, cudaStream_t stream) {
+cudaError_t launch_post(const SelfAttnBackwardParams& p, cudaStream_t stream) {
   return launch_plan(plan_df_finish(p), df_finish_kernel<T>, stream, p);
 }
 
 // Double backward: D (before its kernels) and d_gamma (after them).
 template <typename T>
-cudaError_t launch_double_bwd_pre(const SelfAttnDoubleBwdParams& p, cudaStream_t stream) {
-  return launch_plan(plan_row_dot(p.B, p.Nq), double_bwd_d_kernel<T>, stream, p);
+cudaError_t launch_double_backward_pre(const SelfAttnDoubleBackwardParams& p, cudaStream_t stream) {
+  return launch_plan(plan_row_dot(p.B, p.Nq), double_backward_d_kernel<T>, stream, p);
 }
 
 template <typename T>
-cudaError_t launch_double_bwd_post(const SelfAttnDoubleBwdParams& p, cudaStream_t stream) {
-  return launch_plan(plan_block_sum(), double_bwd_dgamma_kernel<T>, stream, p);
+cudaError_t launch_double_backward_post(const SelfAttnDoubleBackwardParams& p, cudaStream_t stream) {
+  return launch_plan(plan_block_sum(), double_backward_dgamma_kernel<T>, stream, p);
 }
 #endif  // __CUDACC__
 

@@ -58,7 +58,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cp
   check_self_attn_backward_args(grad_y_in, f_in, g_in, h_in, o_in, lse_in, gamma_in, scale);
   const auto dtype = f_in.scalar_type();
   const auto compute = self_attn_accum_type(dtype);
-  BwdTensors t;
+  BackwardTensors t;
   t.dy = to_kernel_layout(grad_y_in, compute);
   t.f = to_kernel_layout(f_in, compute);
   t.g = to_kernel_layout(g_in, compute);
@@ -76,12 +76,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cp
   double dgamma = 0.0;
 
   // The CPU kernels are deterministic for any thread count; they have no atomic mode.
-  kernels::SelfAttnBwdParams p = bwd_params(t, scale, /*deterministic=*/true);
+  kernels::SelfAttnBackwardParams p = backward_params(t, scale, /*deterministic=*/true);
   p.dgamma = &dgamma;
   if (compute == at::kDouble) {
-    kernels::cpu::self_attn_bwd<double>(p, aten_parallel_for());
+    kernels::cpu::self_attn_backward<double>(p, aten_parallel_for());
   } else {
-    kernels::cpu::self_attn_bwd<float>(p, aten_parallel_for());
+    kernels::cpu::self_attn_backward<float>(p, aten_parallel_for());
   }
   auto back = [&](const at::Tensor& r) { return r.defined() ? r.to(dtype) : r; };
   at::Tensor grad_gamma = at::full(gamma_in.sizes(), dgamma, gamma_in.options());
@@ -97,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn
                                        o_in, lse_in, gamma_in, scale);
   const auto dtype = f_in.scalar_type();
   const auto compute = self_attn_accum_type(dtype);
-  DoubleBwdTensors t;
+  DoubleBackwardTensors t;
   t.dy = to_kernel_layout(grad_y_in, compute);
   t.f = to_kernel_layout(f_in, compute);
   t.g = to_kernel_layout(g_in, compute);
@@ -119,12 +119,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn
   t.d_h = at::empty({B, Cv, Nk}, opts);
   double d_gamma = 0.0;
 
-  kernels::SelfAttnDoubleBwdParams p = double_bwd_params(t, scale);
+  kernels::SelfAttnDoubleBackwardParams p = double_backward_params(t, scale);
   p.d_gamma = &d_gamma;
   if (compute == at::kDouble) {
-    kernels::cpu::self_attn_double_bwd<double>(p, aten_parallel_for());
+    kernels::cpu::self_attn_double_backward<double>(p, aten_parallel_for());
   } else {
-    kernels::cpu::self_attn_double_bwd<float>(p, aten_parallel_for());
+    kernels::cpu::self_attn_double_backward<float>(p, aten_parallel_for());
   }
   return {t.d_dy.to(dtype), t.d_f.to(dtype), t.d_g.to(dtype), t.d_h.to(dtype),
           at::full(gamma_in.sizes(), d_gamma, gamma_in.options())};
