@@ -13,7 +13,7 @@
 // Work is split over (batch, query tile) forward and (batch, key group) backward; every item owns
 // its outputs, so no atomics and no dependence on the thread count.
 //
-// The includer must have included <algorithm> <cmath> <cstdint> <cstring> <limits> <vector> and
+// The includer must have included <algorithm> <cmath> <cstdint> <cstring> <limits> <memory> <vector> and
 // kernels/cpu/self_attn_cpu_isa.h, and opened the enclosing namespace; no include guard, by design.
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -402,16 +402,21 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
   const int64_t cqk_pad = ceil_div(Cqk, L) * L, cv_pad = ceil_div(Cv, L) * L;
   // dy and f transposed (queries x channels, zero-padded): the right-hand operands of dh and dg.
   // O(B C N), like the inputs.
-  std::vector<T> dyT(want_dh ? B * nq_pad * cv_pad : 0), fT(want_dg ? B * nq_pad * cqk_pad : 0);
-  if (want_dh) transpose_padded(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, nq_pad, cv_pad, dyT.data(), parallel_for);
-  if (want_dg) transpose_padded(B, Cqk, Nq, f, p.f_sb, p.f_sc, nq_pad, cqk_pad, fT.data(), parallel_for);
+  // Buffers the parallel passes write in full (padding included) are not zeroed first: their first
+  // touch, and the page faults of that, are spread over the threads.
+  const std::unique_ptr<T[]> dyT(want_dh ? new T[B * nq_pad * cv_pad] : nullptr),
+      fT(want_dg ? new T[B * nq_pad * cqk_pad] : nullptr);
+  if (want_dh) transpose_padded(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, nq_pad, cv_pad, dyT.get(), parallel_for);
+  if (want_dg) transpose_padded(B, Cqk, Nq, f, p.f_sb, p.f_sc, nq_pad, cqk_pad, fT.get(), parallel_for);
   // f and dy cut into contiguous query tiles: the right-hand operands of s^T and dp^T.
   const int64_t n_qtiles = nq_pad / BQ;
-  std::vector<T> f_tiles(B * n_qtiles * Cqk * BQ), dy_tiles(want_ds ? B * n_qtiles * Cv * BQ : 0);
-  query_tiles(B, Cqk, Nq, f, p.f_sb, p.f_sc, BQ, f_tiles.data(), parallel_for);
-  if (want_ds) query_tiles(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, BQ, dy_tiles.data(), parallel_for);
+  const std::unique_ptr<T[]> f_tiles(new T[B * n_qtiles * Cqk * BQ]),
+      dy_tiles(want_ds ? new T[B * n_qtiles * Cv * BQ] : nullptr);
+  query_tiles(B, Cqk, Nq, f, p.f_sb, p.f_sc, BQ, f_tiles.get(), parallel_for);
+  if (want_ds) query_tiles(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, BQ, dy_tiles.get(), parallel_for);
   // Partial df of each (batch, key group), as Cqk x nq_pad: O(groups x Cqk x Nq), never O(Nq x Nk).
-  std::vector<T> df_part(want_df ? B * n_groups * Cqk * nq_pad : 0, T(0));
+  // Each work item zeroes its own slice.
+  const std::unique_ptr<T[]> df_part(want_df ? new T[B * n_groups * Cqk * nq_pad] : nullptr);
 
   parallel_for(B * n_groups, [&](int64_t begin, int64_t end) {
     // Key-major tiles (one row per key, queries along the lanes): p^T, and dp^T turned into ds^T.
@@ -421,7 +426,8 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / n_groups;
       const int64_t group = item % n_groups;
-      T* dfp = want_df ? df_part.data() + item * Cqk * nq_pad : nullptr;
+      T* dfp = want_df ? df_part.get() + item * Cqk * nq_pad : nullptr;
+      if (want_df) std::fill(dfp, dfp + Cqk * nq_pad, T(0));
       const T* gb = g + b * p.g_sb;
       const double* lseb = lse + b * Nq;
       const T* Db = D + b * Nq;
@@ -450,10 +456,10 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
           }
           const int64_t qt = b * n_qtiles + q0 / BQ;
           // p^T (kn x BQ) = exp(scale g_tile^T f_tile - lse), scores as the forward rounded them.
-          gemm_tile<T>(kn, BQ, Cqk, gk.data(), 1, BK, f_tiles.data() + qt * Cqk * BQ, BQ, pt.data(), BQ, false);
+          gemm_tile<T>(kn, BQ, Cqk, gk.data(), 1, BK, f_tiles.get() + qt * Cqk * BQ, BQ, pt.data(), BQ, false);
           // dp^T (kn x BQ) = h_tile^T dy_tile, contracted over the Cv value channels.
           if (want_ds)
-            gemm_tile<T>(kn, BQ, Cv, hk.data(), 1, BK, dy_tiles.data() + qt * Cv * BQ, BQ, dst.data(), BQ, false);
+            gemm_tile<T>(kn, BQ, Cv, hk.data(), 1, BK, dy_tiles.get() + qt * Cv * BQ, BQ, dst.data(), BQ, false);
           for (int64_t v = 0; v < BQ; v += L) {
             const Vec hi = load_vec(&lse_hi[v]), lo = load_vec(&lse_lo[v]), d = load_vec(&Dq[v]);
             for (int64_t j = 0; j < kn; ++j) {
@@ -469,11 +475,11 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
             gemm_tile<T>(Cqk, BQ, kn, gk.data(), BK, 1, dst.data(), BQ, dfp + q0, nq_pad, true);
           // dh^T (kn x Cv) += p^T (kn x qn) dy^T (qn x Cv)
           if (want_dh)
-            gemm_tile<T>(kn, cv_pad, qn, pt.data(), BQ, 1, dyT.data() + (b * nq_pad + q0) * cv_pad, cv_pad,
+            gemm_tile<T>(kn, cv_pad, qn, pt.data(), BQ, 1, dyT.get() + (b * nq_pad + q0) * cv_pad, cv_pad,
                          dvT.data(), cv_pad, true);
           // dg^T (kn x Cqk) += ds^T (kn x qn) f^T (qn x Cqk)
           if (want_dg)
-            gemm_tile<T>(kn, cqk_pad, qn, dst.data(), BQ, 1, fT.data() + (b * nq_pad + q0) * cqk_pad, cqk_pad,
+            gemm_tile<T>(kn, cqk_pad, qn, dst.data(), BQ, 1, fT.get() + (b * nq_pad + q0) * cqk_pad, cqk_pad,
                          dgT.data(), cqk_pad, true);
         }
         for (int64_t c = 0; want_dh && c < Cv; ++c) {
@@ -496,7 +502,7 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
       T* dfc = df + bc * Nq;
       std::fill(dfc, dfc + Nq, T(0));
       for (int64_t group = 0; group < n_groups; ++group) {
-        const T* part = df_part.data() + ((b * n_groups + group) * Cqk + c) * nq_pad;
+        const T* part = df_part.get() + ((b * n_groups + group) * Cqk + c) * nq_pad;
         for (int64_t i = 0; i < Nq; ++i) dfc[i] += part[i];
       }
       for (int64_t i = 0; i < Nq; ++i) dfc[i] *= gamma * scale;
