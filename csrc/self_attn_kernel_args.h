@@ -31,11 +31,41 @@ inline kernels::SelfAttnFwdParams fwd_params(const at::Tensor& f, const at::Tens
   return p;
 }
 
+// The backward's inputs, which the double backward reads too: dy, f, g, h, o N-contiguous, lse (B, Nq)
+// float64 contiguous, gamma one element; all but lse in the kernels' compute dtype.
+struct BackwardInputs {
+  at::Tensor dy, f, g, h, o, lse, gamma;
+};
+
+// The inputs in that layout, converted to `compute` (the CPU kernels compute bf16/fp16 in float32; the
+// CUDA kernels read the storage dtype, so there `compute` is f's dtype and nothing is copied).
+inline BackwardInputs backward_inputs(const at::Tensor& dy, const at::Tensor& f, const at::Tensor& g,
+                                      const at::Tensor& h, const at::Tensor& o, const at::Tensor& lse,
+                                      const at::Tensor& gamma, at::ScalarType compute) {
+  return {n_contiguous(dy.to(compute)), n_contiguous(f.to(compute)), n_contiguous(g.to(compute)),
+          n_contiguous(h.to(compute)),  n_contiguous(o.to(compute)), lse.contiguous(),
+          gamma.to(compute).contiguous()};
+}
+
+// Sizes and the backward's inputs into a backward or double-backward params struct (the fields they
+// share, under the same names).
+template <typename Params>
+void set_backward_inputs(Params& p, const BackwardInputs& in) {
+  p.B = in.f.size(0); p.Cqk = in.f.size(1); p.Nq = in.f.size(2); p.Nk = in.g.size(2); p.Cv = in.h.size(1);
+  p.dy = in.dy.const_data_ptr(); p.dy_sb = in.dy.stride(0); p.dy_sc = in.dy.stride(1);
+  p.f = in.f.const_data_ptr(); p.f_sb = in.f.stride(0); p.f_sc = in.f.stride(1);
+  p.g = in.g.const_data_ptr(); p.g_sb = in.g.stride(0); p.g_sc = in.g.stride(1);
+  p.h = in.h.const_data_ptr(); p.h_sb = in.h.stride(0); p.h_sc = in.h.stride(1);
+  p.o = in.o.const_data_ptr(); p.o_sb = in.o.stride(0); p.o_sc = in.o.stride(1);
+  p.lse = in.lse.const_data_ptr<double>();
+  p.gamma = in.gamma.const_data_ptr();
+}
+
 // The tensors of a backward launch. An undefined df, dg or dh is not wanted; df_accum is the CUDA
 // kernels' optional atomic buffer (see kernels/self_attn_params.h).
 struct BackwardTensors {
-  at::Tensor dy, f, g, h, o, lse, gamma;  // inputs
-  at::Tensor delta, df, dg, dh;           // row statistic and outputs
+  BackwardInputs in;
+  at::Tensor delta, df, dg, dh;  // row statistic and outputs
   at::Tensor df_accum;
 };
 
@@ -43,14 +73,7 @@ struct BackwardTensors {
 // device tensor on CUDA).
 inline kernels::SelfAttnBackwardParams backward_params(const BackwardTensors& t, double scale, bool deterministic) {
   kernels::SelfAttnBackwardParams p;
-  p.B = t.f.size(0); p.Cqk = t.f.size(1); p.Nq = t.f.size(2); p.Nk = t.g.size(2); p.Cv = t.h.size(1);
-  p.dy = t.dy.const_data_ptr(); p.dy_sb = t.dy.stride(0); p.dy_sc = t.dy.stride(1);
-  p.f = t.f.const_data_ptr(); p.f_sb = t.f.stride(0); p.f_sc = t.f.stride(1);
-  p.g = t.g.const_data_ptr(); p.g_sb = t.g.stride(0); p.g_sc = t.g.stride(1);
-  p.h = t.h.const_data_ptr(); p.h_sb = t.h.stride(0); p.h_sc = t.h.stride(1);
-  p.o = t.o.const_data_ptr(); p.o_sb = t.o.stride(0); p.o_sc = t.o.stride(1);
-  p.lse = t.lse.const_data_ptr<double>();
-  p.gamma = t.gamma.const_data_ptr();
+  set_backward_inputs(p, t.in);
   p.delta = t.delta.mutable_data_ptr();
   p.want_df = t.df.defined(); p.want_dg = t.dg.defined(); p.want_dh = t.dh.defined();
   p.df = p.want_df ? t.df.mutable_data_ptr() : nullptr;
@@ -62,28 +85,21 @@ inline kernels::SelfAttnBackwardParams backward_params(const BackwardTensors& t,
   return p;
 }
 
-// The tensors of a double-backward launch: the inputs (dy, f, g, h, o N-contiguous; the cotangents uf,
-// ug, uh contiguous; gamma and ugamma one element of the storage dtype each, on the kernels' device),
-// the row statistics (4, B, Nq) and the outputs (contiguous).
+// The tensors of a double-backward launch: the backward's inputs, the cotangents uf, ug, uh
+// (contiguous) and ugamma (one element), in the compute dtype on the kernels' device, the row
+// statistics (4, B, Nq) and the outputs (contiguous).
 struct DoubleBackwardTensors {
-  at::Tensor dy, f, g, h, o, lse, gamma;  // inputs of the backward
-  at::Tensor uf, ug, uh, ugamma;          // cotangents of df, dg, dh, dgamma
-  at::Tensor rowstats;                    // D, R, P, Q
-  at::Tensor d_dy, d_f, d_g, d_h;         // outputs
+  BackwardInputs in;
+  at::Tensor uf, ug, uh, ugamma;   // cotangents of df, dg, dh, dgamma
+  at::Tensor rowstats;             // D, R, P, Q
+  at::Tensor d_dy, d_f, d_g, d_h;  // outputs
 };
 
 // The params of a double-backward launch, complete but for d_gamma (one float64: a host scalar on the
 // CPU, a device tensor on CUDA).
 inline kernels::SelfAttnDoubleBackwardParams double_backward_params(const DoubleBackwardTensors& t, double scale) {
   kernels::SelfAttnDoubleBackwardParams p;
-  p.B = t.f.size(0); p.Cqk = t.f.size(1); p.Nq = t.f.size(2); p.Nk = t.g.size(2); p.Cv = t.h.size(1);
-  p.dy = t.dy.const_data_ptr(); p.dy_sb = t.dy.stride(0); p.dy_sc = t.dy.stride(1);
-  p.f = t.f.const_data_ptr(); p.f_sb = t.f.stride(0); p.f_sc = t.f.stride(1);
-  p.g = t.g.const_data_ptr(); p.g_sb = t.g.stride(0); p.g_sc = t.g.stride(1);
-  p.h = t.h.const_data_ptr(); p.h_sb = t.h.stride(0); p.h_sc = t.h.stride(1);
-  p.o = t.o.const_data_ptr(); p.o_sb = t.o.stride(0); p.o_sc = t.o.stride(1);
-  p.lse = t.lse.const_data_ptr<double>();
-  p.gamma = t.gamma.const_data_ptr();
+  set_backward_inputs(p, t.in);
   p.uf = t.uf.const_data_ptr(); p.ug = t.ug.const_data_ptr(); p.uh = t.uh.const_data_ptr();
   p.ugamma = t.ugamma.const_data_ptr();
   p.rowstats = t.rowstats.mutable_data_ptr();

@@ -59,16 +59,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cp
   const auto dtype = f_in.scalar_type();
   const auto compute = self_attn_accum_type(dtype);
   BackwardTensors t;
-  t.dy = to_kernel_layout(grad_y_in, compute);
-  t.f = to_kernel_layout(f_in, compute);
-  t.g = to_kernel_layout(g_in, compute);
-  t.h = to_kernel_layout(h_in, compute);
-  t.o = to_kernel_layout(o_in, compute);
-  t.lse = lse_in.contiguous();
-  t.gamma = gamma_in.to(compute).contiguous();
+  t.in = backward_inputs(grad_y_in, f_in, g_in, h_in, o_in, lse_in, gamma_in, compute);
 
-  const int64_t B = t.f.size(0), Cqk = t.f.size(1), Nq = t.f.size(2), Nk = t.g.size(2), Cv = t.h.size(1);
-  auto opts = t.f.options().dtype(compute);
+  const at::Tensor& f = t.in.f;
+  const int64_t B = f.size(0), Cqk = f.size(1), Nq = f.size(2), Nk = t.in.g.size(2), Cv = t.in.h.size(1);
+  auto opts = f.options().dtype(compute);
   t.delta = at::empty({B, Nq}, opts);
   if (output_mask[0]) t.df = at::empty({B, Cqk, Nq}, opts);
   if (output_mask[1]) t.dg = at::empty({B, Cqk, Nk}, opts);
@@ -98,20 +93,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn
   const auto dtype = f_in.scalar_type();
   const auto compute = self_attn_accum_type(dtype);
   DoubleBackwardTensors t;
-  t.dy = to_kernel_layout(grad_y_in, compute);
-  t.f = to_kernel_layout(f_in, compute);
-  t.g = to_kernel_layout(g_in, compute);
-  t.h = to_kernel_layout(h_in, compute);
-  t.o = to_kernel_layout(o_in, compute);
-  t.lse = lse_in.contiguous();
-  t.gamma = gamma_in.to(compute).contiguous();
+  t.in = backward_inputs(grad_y_in, f_in, g_in, h_in, o_in, lse_in, gamma_in, compute);
   // The cotangents are read contiguous (autograd's gradients mostly are).
   t.uf = uf_in.to(compute).contiguous();
   t.ug = ug_in.to(compute).contiguous();
   t.uh = uh_in.to(compute).contiguous();
   t.ugamma = ugamma_in.to(compute).contiguous();
-  const int64_t B = t.f.size(0), Cqk = t.f.size(1), Nq = t.f.size(2), Nk = t.g.size(2), Cv = t.h.size(1);
-  auto opts = t.f.options().dtype(compute);
+  const at::Tensor& f = t.in.f;
+  const int64_t B = f.size(0), Cqk = f.size(1), Nq = f.size(2), Nk = t.in.g.size(2), Cv = t.in.h.size(1);
+  auto opts = f.options().dtype(compute);
   t.rowstats = at::empty({4, B, Nq}, opts);
   t.d_dy = at::empty({B, Cv, Nq}, opts);
   t.d_f = at::empty({B, Cqk, Nq}, opts);

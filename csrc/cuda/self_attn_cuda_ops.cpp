@@ -60,33 +60,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn_backward_cu
     const at::Tensor& gamma_in, double scale, std::array<bool, 3> output_mask) {
   check_self_attn_backward_args(grad_y_in, f_in, g_in, h_in, o_in, lse_in, gamma_in, scale);
   const c10::cuda::CUDAGuard guard(f_in.device());
-  BackwardTensors t;
-  t.dy = n_contiguous(grad_y_in);
-  t.f = n_contiguous(f_in);
-  t.g = n_contiguous(g_in);
-  t.h = n_contiguous(h_in);
-  t.o = n_contiguous(o_in);
-  t.lse = lse_in.contiguous();
-  t.gamma = gamma_in.contiguous();
-  const auto dtype = t.f.scalar_type();
+  const auto dtype = f_in.scalar_type();
   const auto acc = self_attn_accum_type(dtype);
+  BackwardTensors t;
+  t.in = backward_inputs(grad_y_in, f_in, g_in, h_in, o_in, lse_in, gamma_in, dtype);  // no copies of dtype
 
-  const int64_t B = t.f.size(0), Cqk = t.f.size(1), Nq = t.f.size(2), Nk = t.g.size(2), Cv = t.h.size(1);
+  const at::Tensor& f = t.in.f;
+  const int64_t B = f.size(0), Cqk = f.size(1), Nq = f.size(2), Nk = t.in.g.size(2), Cv = t.in.h.size(1);
   // The kernels write delta (the row statistic) and dgamma (float64) themselves.
-  t.delta = at::empty({B, Nq}, t.f.options().dtype(acc));
-  at::Tensor dgamma = at::empty({}, t.f.options().dtype(at::kDouble));
+  t.delta = at::empty({B, Nq}, f.options().dtype(acc));
+  at::Tensor dgamma = at::empty({}, f.options().dtype(at::kDouble));
 
-  if (output_mask[0]) t.df = at::empty({B, Cqk, Nq}, t.f.options());
-  if (output_mask[1]) t.dg = at::empty({B, Cqk, Nk}, t.f.options());
-  if (output_mask[2]) t.dh = at::empty({B, Cv, Nk}, t.f.options());
+  if (output_mask[0]) t.df = at::empty({B, Cqk, Nq}, f.options());
+  if (output_mask[1]) t.dg = at::empty({B, Cqk, Nk}, f.options());
+  if (output_mask[2]) t.dh = at::empty({B, Cv, Nk}, f.options());
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   if (output_mask[0] && output_mask[1] && !deterministic) {
-    t.df_accum = at::zeros({B, Cqk, Nq}, t.f.options().dtype(acc));
+    t.df_accum = at::zeros({B, Cqk, Nq}, f.options().dtype(acc));
   }
   kernels::SelfAttnBackwardParams p = backward_params(t, scale, deterministic);
   p.dgamma = dgamma.mutable_data_ptr<double>();
   C10_CUDA_CHECK(kc::self_attn_backward(kernel_dtype(dtype), p, c10::cuda::getCurrentCUDAStream()));
-  return {t.df, t.dg, t.dh, dgamma.to(t.gamma.scalar_type()).reshape(gamma_in.sizes())};
+  return {t.df, t.dg, t.dh, dgamma.to(dtype).reshape(gamma_in.sizes())};
 }
 
 // The fused double backward (kernels/cuda/simt/self_attn_simt_double_backward_kernel.cuh): O(B C N) memory,
@@ -100,32 +95,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_attn
   check_self_attn_double_backward_args(uf_in, ug_in, uh_in, ugamma_in, grad_y_in, f_in, g_in, h_in,
                                        o_in, lse_in, gamma_in, scale);
   const c10::cuda::CUDAGuard guard(f_in.device());
+  const auto dtype = f_in.scalar_type();
   DoubleBackwardTensors t;
-  t.dy = n_contiguous(grad_y_in);
-  t.f = n_contiguous(f_in);
-  t.g = n_contiguous(g_in);
-  t.h = n_contiguous(h_in);
-  t.o = n_contiguous(o_in);
-  t.lse = lse_in.contiguous();
-  t.gamma = gamma_in.contiguous();
+  t.in = backward_inputs(grad_y_in, f_in, g_in, h_in, o_in, lse_in, gamma_in, dtype);  // no copies of dtype
   // The cotangents are read contiguous (autograd's gradients mostly are).
   t.uf = uf_in.contiguous();
   t.ug = ug_in.contiguous();
   t.uh = uh_in.contiguous();
   t.ugamma = ugamma_in.contiguous();
-  const auto dtype = t.f.scalar_type();
-  const int64_t B = t.f.size(0), Cqk = t.f.size(1), Nq = t.f.size(2), Nk = t.g.size(2), Cv = t.h.size(1);
-  t.rowstats = at::empty({4, B, Nq}, t.f.options().dtype(self_attn_accum_type(dtype)));
-  t.d_dy = at::empty({B, Cv, Nq}, t.f.options());
-  t.d_f = at::empty({B, Cqk, Nq}, t.f.options());
-  t.d_g = at::empty({B, Cqk, Nk}, t.f.options());
-  t.d_h = at::empty({B, Cv, Nk}, t.f.options());
-  at::Tensor d_gamma = at::empty({}, t.f.options().dtype(at::kDouble));
+  const at::Tensor& f = t.in.f;
+  const int64_t B = f.size(0), Cqk = f.size(1), Nq = f.size(2), Nk = t.in.g.size(2), Cv = t.in.h.size(1);
+  t.rowstats = at::empty({4, B, Nq}, f.options().dtype(self_attn_accum_type(dtype)));
+  t.d_dy = at::empty({B, Cv, Nq}, f.options());
+  t.d_f = at::empty({B, Cqk, Nq}, f.options());
+  t.d_g = at::empty({B, Cqk, Nk}, f.options());
+  t.d_h = at::empty({B, Cv, Nk}, f.options());
+  at::Tensor d_gamma = at::empty({}, f.options().dtype(at::kDouble));
 
   kernels::SelfAttnDoubleBackwardParams p = double_backward_params(t, scale);
   p.d_gamma = d_gamma.mutable_data_ptr<double>();
   C10_CUDA_CHECK(kc::self_attn_double_backward(kernel_dtype(dtype), p, c10::cuda::getCurrentCUDAStream()));
-  return {t.d_dy, t.d_f, t.d_g, t.d_h, d_gamma.to(t.gamma.scalar_type()).reshape(gamma_in.sizes())};
+  return {t.d_dy, t.d_f, t.d_g, t.d_h, d_gamma.to(dtype).reshape(gamma_in.sizes())};
 }
 
 }  // namespace
