@@ -12,6 +12,11 @@ inline at::Tensor n_contiguous(const at::Tensor& t) {
   return (t.size(2) > 1 && t.stride(2) != 1) ? t.contiguous() : t;
 }
 
+// t in the kernels' layout and compute dtype (a no-op where t already is).
+inline at::Tensor to_kernel_layout(const at::Tensor& t, at::ScalarType compute) {
+  return n_contiguous(t.to(compute));
+}
+
 // The params of a forward launch, complete: sizes, inputs (x may be undefined: no residual), gamma (one
 // element, storage dtype, on the kernels' device) and the outputs.
 inline kernels::SelfAttnFwdParams fwd_params(const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
@@ -42,8 +47,8 @@ struct BackwardInputs {
 inline BackwardInputs backward_inputs(const at::Tensor& dy, const at::Tensor& f, const at::Tensor& g,
                                       const at::Tensor& h, const at::Tensor& o, const at::Tensor& lse,
                                       const at::Tensor& gamma, at::ScalarType compute) {
-  return {n_contiguous(dy.to(compute)), n_contiguous(f.to(compute)), n_contiguous(g.to(compute)),
-          n_contiguous(h.to(compute)),  n_contiguous(o.to(compute)), lse.contiguous(),
+  return {to_kernel_layout(dy, compute), to_kernel_layout(f, compute), to_kernel_layout(g, compute),
+          to_kernel_layout(h, compute), to_kernel_layout(o, compute), lse.contiguous(),
           gamma.to(compute).contiguous()};
 }
 

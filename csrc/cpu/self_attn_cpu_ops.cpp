@@ -15,10 +15,6 @@
 namespace sagan {
 namespace {
 
-at::Tensor to_kernel_layout(const at::Tensor& t, at::ScalarType compute) {
-  return n_contiguous(t.to(compute));
-}
-
 kernels::ParallelFor aten_parallel_for() {
   return [](int64_t n, const std::function<void(int64_t, int64_t)>& body) {
     at::parallel_for(0, n, 1, body);
