@@ -54,24 +54,40 @@ inline void store_vec(T* p, typename VecOf<T>::type v) {
 }
 
 // exp for x <= 0 (what the kernels need: scores minus their running maximum), vectorised by hand:
-// Cody-Waite reduction to r in [-ln2/2, ln2/2], the Cephes expf polynomial (about 1 ulp), and 2^n
-// built in the exponent bits. Below -87 the result flushes to 0 (exp(-87) ~ 1.6e-38); NaN propagates.
+// Cody-Waite reduction to r in [-ln2/2, ln2/2], then exp(r) by a degree-6 polynomial, then times 2^n.
+// The polynomial 1 + r (1 + r (c2 + ... + c6 r)) is this project's own minimax fit of exp on that
+// interval for relative error (2.6e-9 in exact arithmetic; within 1 ulp of float32 once evaluated in it,
+// as the Cephes degree-7 form it replaces). NaN propagates; -inf gives exactly 0. 2^n: where the
+// build has AVX-512, one vscalefps (which also keeps the subnormal results down to x ~ -103.3, after
+// clamping x at -104 so that r stays finite); elsewhere built in the exponent bits, flushing to 0
+// below x = -87 (exp(-87) ~ 1.6e-38). Either way 13 to 16 vector operations per register.
 template <typename V, typename U, typename S>
 inline V exp_nonpositive_lanes(V x) {
-  const V lo = V{} + S(-87.0f);
-  // Adding 1.5 * 2^23 rounds x * log2(e) to the nearest integer n and leaves n in the low bits. Below
-  // -87 (or at -inf) n, r and the exponent bits are garbage, and the last line replaces them by 0;
-  // unsigned bits, so that garbage wraps rather than overflows.
+#if SAGAN_CPU_VEC_BYTES == 64
+  constexpr bool kScalef = sizeof(V) == 64 && sizeof(S) == 4;
+#else
+  constexpr bool kScalef = false;
+#endif
+  const V lo = V{} + S(kScalef ? -104.0f : -87.0f);
+  // lo > x ? lo : x keeps a NaN x (the comparison is false).
+  if constexpr (kScalef) x = lo > x ? lo : x;
+  // Adding 1.5 * 2^23 rounds x * log2(e) to the nearest integer n and leaves n in the low bits. In
+  // the exponent-bits path, below -87 (or at -inf) n, r and those bits are garbage, and the last line
+  // replaces them by 0; unsigned bits, so that garbage wraps rather than overflows.
   const V t = x * S(1.44269504088896341f) + S(12582912.0f);
   const V n = t - S(12582912.0f);
   const V r = (x - n * S(0.693359375f)) + n * S(2.12194440e-4f);
-  V p = V{} + S(1.9875691500e-4f);
-  p = p * r + S(1.3981999507e-3f);
-  p = p * r + S(8.3334519073e-3f);
-  p = p * r + S(4.1665795894e-2f);
-  p = p * r + S(1.6666665459e-1f);
-  p = p * r + S(5.0000001201e-1f);
-  p = p * r * r + r + S(1.0f);
+  V p = V{} + S(1.40612409e-3f);
+  p = p * r + S(8.37901141e-3f);
+  p = p * r + S(4.16647755e-2f);
+  p = p * r + S(1.66663662e-1f);
+  p = p * r + S(5.00000060e-1f);
+  p = p * r + S(1.0f);
+  p = p * r + S(1.0f);
+#if SAGAN_CPU_VEC_BYTES == 64
+  // The masked form with every lane set: the plain one passes GCC 12 an undefined source it warns of.
+  if constexpr (kScalef) return _mm512_mask_scalef_ps(p, static_cast<__mmask16>(0xFFFF), p, n);
+#endif
   U tu;
   std::memcpy(&tu, &t, sizeof(tu));
   const U pow2_bits = (tu - 0x4B400000u + 127u) << 23;
@@ -107,29 +123,76 @@ inline void scale_row(T* v, int64_t n, T scale) {
   for (int64_t j = 0; j < n; ++j) v[j] *= scale;
 }
 
+// Loops over a register block, unrolled whole: GCC then keeps the accumulator array in registers (left
+// rolled, it kept a copy on the stack: 72 extra loads and stores per 6 x 4 block).
+#if defined(__clang__)
+#define SAGAN_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define SAGAN_UNROLL _Pragma("GCC unroll 16")
+#else
+#define SAGAN_UNROLL
+#endif
+
 // C[m, n] (+)= sum_k A[m * a_ms + k * a_ks] * B[k * ldb + n] for an MR x NV-register block.
-// A is read one scalar at a time (any strides) and broadcast; B rows are contiguous.
+// A is read one scalar at a time (any strides) and broadcast; B rows are contiguous. With c_scale
+// (accumulate only), C[m, n] = c_scale[n] C[m, n] + sum_k ...: the forward's online-softmax rescale,
+// folded into the load of C. A full-height block one register wide (the backward's dg^T at
+// Cqk <= 16 floats) would wait on the FMA latency: it keeps two banks of accumulators, even and odd k,
+// summed at the end. No other block does: the backward's dp^T must sum over the channels in the order
+// row_dot_dy_o sums D, so that a one-hot softmax row (one finite key) gets ds = p (dp - D) = 0 exactly.
 template <typename T, int MR, int NV>
 inline void micro_kernel(int64_t K, const T* A, int64_t a_ms, int64_t a_ks, const T* B, int64_t ldb,
-                         T* C, int64_t ldc, bool accumulate) {
+                         T* C, int64_t ldc, bool accumulate, const T* c_scale) {
   using Vec = typename VecOf<T>::type;
   constexpr int L = kLanes<T>;
-  Vec acc[MR][NV];
-  for (int m = 0; m < MR; ++m)
-    for (int v = 0; v < NV; ++v) acc[m][v] = Vec{};
-  for (int64_t k = 0; k < K; ++k) {
-    Vec b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = load_vec(B + k * ldb + v * L);
-    for (int m = 0; m < MR; ++m) {
-      const T a = A[m * a_ms + k * a_ks];
-      for (int v = 0; v < NV; ++v) acc[m][v] += a * b[v];
+  constexpr int KS = (MR == 6 && NV == 1) ? 2 : 1;
+  Vec acc[KS][MR][NV];
+  SAGAN_UNROLL
+  for (int s = 0; s < KS; ++s)
+    SAGAN_UNROLL
+    for (int m = 0; m < MR; ++m)
+      SAGAN_UNROLL
+      for (int v = 0; v < NV; ++v) acc[s][m][v] = Vec{};
+  int64_t k = 0;
+  for (; k + KS <= K; k += KS) {
+    SAGAN_UNROLL
+    for (int s = 0; s < KS; ++s) {
+      Vec b[NV];
+      SAGAN_UNROLL
+      for (int v = 0; v < NV; ++v) b[v] = load_vec(B + (k + s) * ldb + v * L);
+      SAGAN_UNROLL
+      for (int m = 0; m < MR; ++m) {
+        const T a = A[m * a_ms + (k + s) * a_ks];
+        SAGAN_UNROLL
+        for (int v = 0; v < NV; ++v) acc[s][m][v] += a * b[v];
+      }
     }
   }
+  if constexpr (KS == 2) {
+    if (k < K) {  // K odd: the last k goes to the first bank
+      Vec b[NV];
+      SAGAN_UNROLL
+      for (int v = 0; v < NV; ++v) b[v] = load_vec(B + k * ldb + v * L);
+      SAGAN_UNROLL
+      for (int m = 0; m < MR; ++m) {
+        const T a = A[m * a_ms + k * a_ks];
+        SAGAN_UNROLL
+        for (int v = 0; v < NV; ++v) acc[0][m][v] += a * b[v];
+      }
+    }
+    SAGAN_UNROLL
+    for (int m = 0; m < MR; ++m)
+      SAGAN_UNROLL
+      for (int v = 0; v < NV; ++v) acc[0][m][v] += acc[1][m][v];
+  }
+  SAGAN_UNROLL
   for (int m = 0; m < MR; ++m) {
     T* c = C + m * ldc;
+    SAGAN_UNROLL
     for (int v = 0; v < NV; ++v) {
-      if (accumulate) acc[m][v] += load_vec(c + v * L);
-      store_vec(c + v * L, acc[m][v]);
+      if (accumulate)
+        acc[0][m][v] += c_scale != nullptr ? load_vec(c + v * L) * load_vec(c_scale + v * L) : load_vec(c + v * L);
+      store_vec(c + v * L, acc[0][m][v]);
     }
   }
 }
@@ -137,40 +200,42 @@ inline void micro_kernel(int64_t K, const T* A, int64_t a_ms, int64_t a_ks, cons
 // One panel of NV registers' width: the B panel stays in L1 while the M blocks stream past it.
 template <typename T, int NV>
 inline void gemm_panel(int64_t M, int64_t K, const T* A, int64_t a_ms, int64_t a_ks, const T* B,
-                       int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+                       int64_t ldb, T* C, int64_t ldc, bool accumulate, const T* c_scale) {
   constexpr int MR = CpuRegisterBlock<T, kVecBytes>::kMR;
   static_assert(MR == 6, "the remainder switch covers MR - 1 rows");
   int64_t m0 = 0;
   for (; m0 + MR <= M; m0 += MR)
-    micro_kernel<T, MR, NV>(K, A + m0 * a_ms, a_ms, a_ks, B, ldb, C + m0 * ldc, ldc, accumulate);
+    micro_kernel<T, MR, NV>(K, A + m0 * a_ms, a_ms, a_ks, B, ldb, C + m0 * ldc, ldc, accumulate, c_scale);
   const T* a = A + m0 * a_ms;
   T* c = C + m0 * ldc;
   switch (M - m0) {
     case 0: break;
-    case 1: micro_kernel<T, 1, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate); break;
-    case 2: micro_kernel<T, 2, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate); break;
-    case 3: micro_kernel<T, 3, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate); break;
-    case 4: micro_kernel<T, 4, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate); break;
-    default: micro_kernel<T, 5, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate); break;
+    case 1: micro_kernel<T, 1, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
+    case 2: micro_kernel<T, 2, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
+    case 3: micro_kernel<T, 3, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
+    case 4: micro_kernel<T, 4, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
+    default: micro_kernel<T, 5, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
   }
 }
 
 // C (M x N) (+)= A (M x K) B (K x N), N a multiple of the register width, any M and K. Panels of
-// kNV registers, then one narrower panel for the rest.
+// kNV registers, then one narrower panel for the rest. c_scale (N values, accumulate only): see
+// micro_kernel.
 template <typename T>
 void gemm_tile(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_ms, int64_t a_ks, const T* B,
-               int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+               int64_t ldb, T* C, int64_t ldc, bool accumulate, const T* c_scale = nullptr) {
   constexpr int L = kLanes<T>;
   constexpr int NV = CpuRegisterBlock<T, kVecBytes>::kNV;
   static_assert(NV >= 1 && NV <= 4, "the remainder switch covers up to 3 registers");
+  auto cs = [&](int64_t n0) { return c_scale != nullptr ? c_scale + n0 : nullptr; };
   int64_t n0 = 0;
   for (; n0 + NV * L <= N; n0 += NV * L)
-    gemm_panel<T, NV>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate);
+    gemm_panel<T, NV>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate, cs(n0));
   switch ((N - n0) / L) {
     case 0: break;
-    case 1: gemm_panel<T, 1>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate); break;
-    case 2: gemm_panel<T, (NV > 2 ? 2 : 1)>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate); break;
-    default: gemm_panel<T, (NV > 3 ? 3 : 1)>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate); break;
+    case 1: gemm_panel<T, 1>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate, cs(n0)); break;
+    case 2: gemm_panel<T, (NV > 2 ? 2 : 1)>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate, cs(n0)); break;
+    default: gemm_panel<T, (NV > 3 ? 3 : 1)>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate, cs(n0)); break;
   }
 }
 
@@ -315,12 +380,21 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
         // instruction, vmaxps, not three): that score's exp is NaN whatever the shift, and the row sum,
         // o and lse with it.
         for (int64_t v = 0; v < BQ; v += L) {
+          // Two chains of maxima (even and odd keys), so that the pass runs at the vmaxps throughput,
+          // not its latency.
           const Vec old_max = load_vec(&row_max[v]);
-          Vec mx = old_max;
-          for (int64_t j = 0; j < kn; ++j) {
-            const Vec s = load_vec(&st[j * BQ + v]);
-            mx = mx > s ? mx : s;
+          Vec mx = old_max, mx_odd = old_max;
+          int64_t j = 0;
+          for (; j + 2 <= kn; j += 2) {
+            const Vec s0 = load_vec(&st[j * BQ + v]), s1 = load_vec(&st[(j + 1) * BQ + v]);
+            mx = mx > s0 ? mx : s0;
+            mx_odd = mx_odd > s1 ? mx_odd : s1;
           }
+          if (j < kn) {
+            const Vec s0 = load_vec(&st[j * BQ + v]);
+            mx = mx > s0 ? mx : s0;
+          }
+          mx = mx > mx_odd ? mx : mx_odd;
           // While every score of a query so far is -inf, shift by 0 instead of the maximum: the
           // tile's exps and the rescale factor are then exp(-inf) = 0, never exp(-inf - -inf) = NaN,
           // so keys masked with -inf (or overflowing to it) in leading tiles get weight 0, as in the
@@ -338,10 +412,8 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
           store_vec(&row_max[v], mx);
           store_vec(&alpha[v], a);
         }
-        for (int64_t c = 0; c < Cv; ++c)
-          for (int64_t v = 0; v < BQ; v += L) store_vec(&acc[c * BQ + v], load_vec(&acc[c * BQ + v]) * load_vec(&alpha[v]));
-        // acc (Cv x BQ) += h_tile (Cv x kn) st (kn x BQ)
-        gemm_tile<T>(Cv, BQ, kn, h + b * p.h_sb + k0, p.h_sc, 1, st.data(), BQ, acc.data(), BQ, true);
+        // acc (Cv x BQ) = acc alpha (each query's rescale) + h_tile (Cv x kn) st (kn x BQ)
+        gemm_tile<T>(Cv, BQ, kn, h + b * p.h_sb + k0, p.h_sc, 1, st.data(), BQ, acc.data(), BQ, true, alpha.data());
       }
 
       for (int64_t i = 0; i < qn; ++i) {
