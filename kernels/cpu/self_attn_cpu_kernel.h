@@ -56,8 +56,10 @@ inline void store_vec(T* p, typename VecOf<T>::type v) {
 // exp for x <= 0 (what the kernels need: scores minus their running maximum), vectorised by hand:
 // Cody-Waite reduction to r in [-ln2/2, ln2/2], then exp(r) by a degree-6 polynomial, then times 2^n.
 // The polynomial 1 + r (1 + r (c2 + ... + c6 r)) is this project's own minimax fit of exp on that
-// interval for relative error (2.6e-9 in exact arithmetic; within 1 ulp of float32 once evaluated in it,
-// as the Cephes degree-7 form it replaces). NaN propagates; -inf gives exactly 0. 2^n: where the
+// interval for relative error (2.6e-9 in exact arithmetic). Evaluated in float32 with FMAs, the whole
+// function is within 1.19 ulp of exp for every float x in [-87, 0] (checked exhaustively against
+// float64 exp; the Cephes degree-7 form it replaced: 1.02 ulp, for 3 more vector operations).
+// NaN propagates; -inf gives exactly 0. 2^n: where the
 // build has AVX-512, one vscalefps (which also keeps the subnormal results down to x ~ -103.3, after
 // clamping x at -104 so that r stays finite); elsewhere built in the exponent bits, flushing to 0
 // below x = -87 (exp(-87) ~ 1.6e-38). Either way 13 to 16 vector operations per register.
