@@ -136,13 +136,34 @@ inline void scale_row(T* v, int64_t n, T scale) {
 #endif
 
 // C[m, n] (+)= sum_k A[m * a_ms + k * a_ks] * B[k * ldb + n] for an MR x NV-register block.
-// A is read one scalar at a time (any strides) and broadcast; B rows are contiguous. With c_scale
+// A is read one scalar at a time (any strides) and broadcast; B rows are contiguous. With AG = 2, A's
+// elements are pairs of adjacent scalars, each pair broadcast to every pair of lanes (the backward's
+// dg^T over query pairs, below): k counts pairs and a_ks is in scalars. With c_scale
 // (accumulate only), C[m, n] = c_scale[n] C[m, n] + sum_k ...: the forward's online-softmax rescale,
 // folded into the load of C. A full-height block one register wide (the backward's dg^T at
 // Cqk <= 16 floats) would wait on the FMA latency: it keeps two banks of accumulators, even and odd k,
 // summed at the end. No other block does: the backward's dp^T must sum over the channels in the order
 // row_dot_dy_o sums D, so that a one-hot softmax row (one finite key) gets ds = p (dp - D) = 0 exactly.
-template <typename T, int MR, int NV>
+// A's element at a: the scalar itself for AG = 1 (broadcast by the arithmetic; Vec{} + *a would cost a
+// scalar add, as 0 + -0 is not -0), or a register of the pair repeated for AG = 2.
+template <typename T, int AG>
+inline auto broadcast_group(const T* a) {
+  using Vec = typename VecOf<T>::type;
+  if constexpr (AG == 1) {
+    return *a;
+  } else {
+    static_assert(AG == 2 && sizeof(T) == 4, "pairs of floats only");
+    typedef uint64_t Pairs __attribute__((vector_size(kVecBytes)));
+    uint64_t pair;
+    std::memcpy(&pair, a, sizeof(pair));
+    const Pairs splat = Pairs{} + pair;
+    Vec v;
+    std::memcpy(&v, &splat, sizeof(v));
+    return v;
+  }
+}
+
+template <typename T, int MR, int NV, int AG = 1>
 inline void micro_kernel(int64_t K, const T* A, int64_t a_ms, int64_t a_ks, const T* B, int64_t ldb,
                          T* C, int64_t ldc, bool accumulate, const T* c_scale) {
   using Vec = typename VecOf<T>::type;
@@ -164,7 +185,7 @@ inline void micro_kernel(int64_t K, const T* A, int64_t a_ms, int64_t a_ks, cons
       for (int v = 0; v < NV; ++v) b[v] = load_vec(B + (k + s) * ldb + v * L);
       SAGAN_UNROLL
       for (int m = 0; m < MR; ++m) {
-        const T a = A[m * a_ms + (k + s) * a_ks];
+        const auto a = broadcast_group<T, AG>(A + m * a_ms + (k + s) * a_ks);
         SAGAN_UNROLL
         for (int v = 0; v < NV; ++v) acc[s][m][v] += a * b[v];
       }
@@ -177,7 +198,7 @@ inline void micro_kernel(int64_t K, const T* A, int64_t a_ms, int64_t a_ks, cons
       for (int v = 0; v < NV; ++v) b[v] = load_vec(B + k * ldb + v * L);
       SAGAN_UNROLL
       for (int m = 0; m < MR; ++m) {
-        const T a = A[m * a_ms + k * a_ks];
+        const auto a = broadcast_group<T, AG>(A + m * a_ms + k * a_ks);
         SAGAN_UNROLL
         for (int v = 0; v < NV; ++v) acc[0][m][v] += a * b[v];
       }
@@ -200,30 +221,30 @@ inline void micro_kernel(int64_t K, const T* A, int64_t a_ms, int64_t a_ks, cons
 }
 
 // One panel of NV registers' width: the B panel stays in L1 while the M blocks stream past it.
-template <typename T, int NV>
+template <typename T, int NV, int AG>
 inline void gemm_panel(int64_t M, int64_t K, const T* A, int64_t a_ms, int64_t a_ks, const T* B,
                        int64_t ldb, T* C, int64_t ldc, bool accumulate, const T* c_scale) {
   constexpr int MR = CpuRegisterBlock<T, kVecBytes>::kMR;
   static_assert(MR == 6, "the remainder switch covers MR - 1 rows");
   int64_t m0 = 0;
   for (; m0 + MR <= M; m0 += MR)
-    micro_kernel<T, MR, NV>(K, A + m0 * a_ms, a_ms, a_ks, B, ldb, C + m0 * ldc, ldc, accumulate, c_scale);
+    micro_kernel<T, MR, NV, AG>(K, A + m0 * a_ms, a_ms, a_ks, B, ldb, C + m0 * ldc, ldc, accumulate, c_scale);
   const T* a = A + m0 * a_ms;
   T* c = C + m0 * ldc;
   switch (M - m0) {
     case 0: break;
-    case 1: micro_kernel<T, 1, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
-    case 2: micro_kernel<T, 2, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
-    case 3: micro_kernel<T, 3, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
-    case 4: micro_kernel<T, 4, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
-    default: micro_kernel<T, 5, NV>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
+    case 1: micro_kernel<T, 1, NV, AG>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
+    case 2: micro_kernel<T, 2, NV, AG>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
+    case 3: micro_kernel<T, 3, NV, AG>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
+    case 4: micro_kernel<T, 4, NV, AG>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
+    default: micro_kernel<T, 5, NV, AG>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
   }
 }
 
 // C (M x N) (+)= A (M x K) B (K x N), N a multiple of the register width, any M and K. Panels of
 // kNV registers, then one narrower panel for the rest. c_scale (N values, accumulate only): see
 // micro_kernel.
-template <typename T>
+template <typename T, int AG = 1>
 void gemm_tile(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_ms, int64_t a_ks, const T* B,
                int64_t ldb, T* C, int64_t ldc, bool accumulate, const T* c_scale = nullptr) {
   constexpr int L = kLanes<T>;
@@ -232,12 +253,12 @@ void gemm_tile(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_ms, int64_
   auto cs = [&](int64_t n0) { return c_scale != nullptr ? c_scale + n0 : nullptr; };
   int64_t n0 = 0;
   for (; n0 + NV * L <= N; n0 += NV * L)
-    gemm_panel<T, NV>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate, cs(n0));
+    gemm_panel<T, NV, AG>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate, cs(n0));
   switch ((N - n0) / L) {
     case 0: break;
-    case 1: gemm_panel<T, 1>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate, cs(n0)); break;
-    case 2: gemm_panel<T, (NV > 2 ? 2 : 1)>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate, cs(n0)); break;
-    default: gemm_panel<T, (NV > 3 ? 3 : 1)>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate, cs(n0)); break;
+    case 1: gemm_panel<T, 1, AG>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate, cs(n0)); break;
+    case 2: gemm_panel<T, (NV > 2 ? 2 : 1), AG>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate, cs(n0)); break;
+    default: gemm_panel<T, (NV > 3 ? 3 : 1), AG>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate, cs(n0)); break;
   }
 }
 
@@ -310,29 +331,32 @@ inline VecOf<double>::type exp_vec(VecOf<double>::type x) {
   return x;
 }
 
-// dst (B, nq_pad, c_pad) = the (B, C, N) tensor src transposed, channels contiguous, zero-padded:
-// the right-hand operand of the backward's key-side products (dh, dg), built once per call.
+// dst (B, nq_pad / G, c_pad) = the (B, C, N) tensor src transposed, G consecutive queries to a row:
+// element (c, i) at row i / G, column c G + i % G, everything else zero. G = 1: channels contiguous,
+// the right-hand operand of dh^T; G = 2: query pairs, that of dg^T (see the backward). Built once per
+// call. nq_pad is a multiple of G.
 template <typename T>
 void transpose_padded(int64_t B, int64_t C, int64_t N, const T* src, int64_t sb, int64_t sc, int64_t nq_pad,
-                      int64_t c_pad, T* dst, const ParallelFor& parallel_for) {
-  constexpr int64_t kRows = 64;
+                      int64_t c_pad, int64_t G, T* dst, const ParallelFor& parallel_for) {
+  constexpr int64_t kRows = 64;  // queries per work item, a multiple of G
   const int64_t n_blocks = ceil_div(N, kRows);
   parallel_for(B * n_blocks, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / n_blocks, i0 = (item % n_blocks) * kRows;
       const int64_t in = std::min(kRows, N - i0);
-      T* d = dst + (b * nq_pad + i0) * c_pad;
-      for (int64_t i = 0; i < in; ++i) std::fill(d + i * c_pad + C, d + (i + 1) * c_pad, T(0));
+      const int64_t rows = ceil_div(in, G);
+      T* d = dst + (b * nq_pad + i0) / G * c_pad;
+      for (int64_t r = 0; r < rows; ++r) std::fill(d + r * c_pad + (in % G != 0 && r == rows - 1 ? 0 : C * G), d + (r + 1) * c_pad, T(0));
       for (int64_t c = 0; c < C; ++c) {
         const T* s = src + b * sb + c * sc + i0;
-        for (int64_t i = 0; i < in; ++i) d[i * c_pad + c] = s[i];
+        for (int64_t i = 0; i < in; ++i) d[(i / G) * c_pad + c * G + i % G] = s[i];
       }
     }
-    // The padded query rows past N (whole rows of zeros) belong to the last block of each batch.
+    // The padded rows past N (whole rows of zeros) belong to the last block of each batch.
     for (int64_t item = begin; item < end; ++item) {
       if (item % n_blocks != n_blocks - 1) continue;
       const int64_t b = item / n_blocks;
-      std::fill(dst + (b * nq_pad + N) * c_pad, dst + (b + 1) * nq_pad * c_pad, T(0));
+      std::fill(dst + (b * nq_pad / G + ceil_div(N, G)) * c_pad, dst + (b + 1) * nq_pad / G * c_pad, T(0));
     }
   });
 }
@@ -440,6 +464,19 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
   });
 }
 
+// dg^T (kn x c_pad) += ds^T (kn x qn, leading dimension ld) f^T, over single queries (group 1) or
+// query pairs (group 2, floats only; see the backward).
+template <typename T>
+void dg_product(int64_t kn, int64_t qn, int64_t group, const T* dsT, int64_t ld, const T* fT, int64_t c_pad, T* dgT) {
+  if constexpr (sizeof(T) == sizeof(float)) {
+    if (group == 2) {
+      gemm_tile<T, 2>(kn, c_pad, ceil_div(qn, 2), dsT, ld, 2, fT, c_pad, dgT, c_pad, true);
+      return;
+    }
+  }
+  gemm_tile<T>(kn, c_pad, qn, dsT, ld, 1, fT, c_pad, dgT, c_pad, true);
+}
+
 template <typename T>
 void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor& parallel_for) {
   using Vec = typename VecOf<T>::type;
@@ -473,15 +510,24 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
   const int64_t n_groups = std::max<int64_t>(1, std::min(ceil_div(kBackwardTargetItems, B), n_ktiles));
   const int64_t tiles_per_group = ceil_div(n_ktiles, n_groups);
   const int64_t nq_pad = ceil_div(Nq, BQ) * BQ;
-  const int64_t cqk_pad = ceil_div(Cqk, L) * L, cv_pad = ceil_div(Cv, L) * L;
+  const int64_t cv_pad = ceil_div(Cv, L) * L;
+  // dg^T (kn x Cqk) = ds^T (kn x Nq) f^T (Nq x Cqk). Where a register holds two rows of Cqk floats
+  // (2 Cqk <= L: Cqk <= 8 with AVX-512), the product runs over query pairs instead, with lane 2c + t
+  // summing the queries of parity t: A = ds^T's adjacent pairs (ds[j, 2i'], ds[j, 2i' + 1]), each
+  // broadcast to every lane pair; B = f^T in query pairs, row i' = (f[0, 2i'], f[0, 2i' + 1], f[1, 2i'],
+  // ...). Half the FMAs of padding Cqk to a whole register, whose upper lanes would multiply zeros;
+  // dg[c, j] = lane 2c + lane 2c + 1 at the end.
+  const int64_t dg_group = (sizeof(T) == sizeof(float) && 2 * Cqk <= L) ? 2 : 1;
+  const int64_t cqk_pad = ceil_div(Cqk * dg_group, L) * L;
   // dy and f transposed (queries x channels, zero-padded): the right-hand operands of dh and dg.
   // O(B C N), like the inputs.
   // Buffers the parallel passes write in full (padding included) are not zeroed first: their first
   // touch, and the page faults of that, are spread over the threads.
   const std::unique_ptr<T[]> dyT(want_dh ? new T[B * nq_pad * cv_pad] : nullptr),
-      fT(want_dg ? new T[B * nq_pad * cqk_pad] : nullptr);
-  if (want_dh) transpose_padded(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, nq_pad, cv_pad, dyT.get(), parallel_for);
-  if (want_dg) transpose_padded(B, Cqk, Nq, f, p.f_sb, p.f_sc, nq_pad, cqk_pad, fT.get(), parallel_for);
+      fT(want_dg ? new T[B * nq_pad / dg_group * cqk_pad] : nullptr);
+  if (want_dh) transpose_padded(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, nq_pad, cv_pad, 1, dyT.get(), parallel_for);
+  if (want_dg)
+    transpose_padded(B, Cqk, Nq, f, p.f_sb, p.f_sc, nq_pad, cqk_pad, dg_group, fT.get(), parallel_for);
   // f and dy cut into contiguous query tiles: the right-hand operands of s^T and dp^T.
   const int64_t n_qtiles = nq_pad / BQ;
   const std::unique_ptr<T[]> f_tiles(new T[B * n_qtiles * Cqk * BQ]),
@@ -552,9 +598,10 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
             gemm_tile<T>(kn, cv_pad, qn, pt.data(), BQ, 1, dyT.get() + (b * nq_pad + q0) * cv_pad, cv_pad,
                          dvT.data(), cv_pad, true);
           // dg^T (kn x Cqk) += ds^T (kn x qn) f^T (qn x Cqk)
+          // (ds^T is 0 at the padded queries, so the last pair of an odd qn is whole.)
           if (want_dg)
-            gemm_tile<T>(kn, cqk_pad, qn, dst.data(), BQ, 1, fT.get() + (b * nq_pad + q0) * cqk_pad, cqk_pad,
-                         dgT.data(), cqk_pad, true);
+            dg_product(kn, qn, dg_group, dst.data(), BQ, fT.get() + (b * nq_pad + q0) / dg_group * cqk_pad, cqk_pad,
+                       dgT.data());
         }
         for (int64_t c = 0; want_dh && c < Cv; ++c) {
           T* dhc = dh + (b * Cv + c) * Nk + k0;
@@ -562,7 +609,10 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
         }
         for (int64_t c = 0; want_dg && c < Cqk; ++c) {
           T* dgc = dg + (b * Cqk + c) * Nk + k0;
-          for (int64_t j = 0; j < kn; ++j) dgc[j] = gamma * scale * dgT[j * cqk_pad + c];
+          if (dg_group == 2)
+            for (int64_t j = 0; j < kn; ++j) dgc[j] = gamma * scale * (dgT[j * cqk_pad + 2 * c] + dgT[j * cqk_pad + 2 * c + 1]);
+          else
+            for (int64_t j = 0; j < kn; ++j) dgc[j] = gamma * scale * dgT[j * cqk_pad + c];
         }
       }
     }
