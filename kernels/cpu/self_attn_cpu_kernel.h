@@ -135,12 +135,29 @@ inline void scale_row(T* v, int64_t n, T scale) {
 #define SAGAN_UNROLL
 #endif
 
-// C[m, n] (+)= sum_k A[m * a_ms + k * a_ks] * B[k * ldb + n] for an MR x NV-register block.
+// What the micro-kernel does with each finished register of the product: the store into C, and
+// whatever is fused into it. Called with the register's first element's row and column in the whole
+// product (m, n), the register, and its place in C.
+struct StoreC {  // C = AB
+  template <typename V, typename T>
+  void operator()(int64_t, int64_t, V acc, T* c) const { store_vec(c, acc); }
+};
+struct AddToC {  // C += AB
+  template <typename V, typename T>
+  void operator()(int64_t, int64_t, V acc, T* c) const { store_vec(c, load_vec(c) + acc); }
+};
+template <typename T>
+struct RescaleAndAddToC {  // C = C diag(scale) + AB: the forward's online-softmax rescale, folded in
+  const T* scale;
+  template <typename V>
+  void operator()(int64_t, int64_t n, V acc, T* c) const { store_vec(c, load_vec(c) * load_vec(scale + n) + acc); }
+};
+
+// sum_k A[m * a_ms + k * a_ks] * B[k * ldb + n] for an MR x NV-register block, each register of it
+// handed to epi (at row m0 + m, column n0 + v L of the whole product, C + m ldc + v L).
 // A is read one scalar at a time (any strides) and broadcast; B rows are contiguous. With AG = 2, A's
 // elements are pairs of adjacent scalars, each pair broadcast to every pair of lanes (the backward's
-// dg^T over query pairs, below): k counts pairs and a_ks is in scalars. With c_scale
-// (accumulate only), C[m, n] = c_scale[n] C[m, n] + sum_k ...: the forward's online-softmax rescale,
-// folded into the load of C. A full-height block one register wide (the backward's dg^T at
+// dg^T over query pairs, below): k counts pairs and a_ks is in scalars. A full-height block one register wide (the backward's dg^T at
 // Cqk <= 16 floats) would wait on the FMA latency: it keeps two banks of accumulators, even and odd k,
 // summed at the end. No other block does: the backward's dp^T must sum over the channels in the order
 // row_dot_dy_o sums D, so that a one-hot softmax row (one finite key) gets ds = p (dp - D) = 0 exactly.
@@ -163,9 +180,9 @@ inline auto broadcast_group(const T* a) {
   }
 }
 
-template <typename T, int MR, int NV, int AG = 1>
+template <typename T, int MR, int NV, int AG, typename Epi>
 inline void micro_kernel(int64_t K, const T* A, int64_t a_ms, int64_t a_ks, const T* B, int64_t ldb,
-                         T* C, int64_t ldc, bool accumulate, const T* c_scale) {
+                         T* C, int64_t ldc, int64_t m0, int64_t n0, const Epi& epi) {
   using Vec = typename VecOf<T>::type;
   constexpr int L = kLanes<T>;
   constexpr int KS = (MR == 6 && NV == 1) ? 2 : 1;
@@ -212,54 +229,60 @@ inline void micro_kernel(int64_t K, const T* A, int64_t a_ms, int64_t a_ks, cons
   for (int m = 0; m < MR; ++m) {
     T* c = C + m * ldc;
     SAGAN_UNROLL
-    for (int v = 0; v < NV; ++v) {
-      if (accumulate)
-        acc[0][m][v] += c_scale != nullptr ? load_vec(c + v * L) * load_vec(c_scale + v * L) : load_vec(c + v * L);
-      store_vec(c + v * L, acc[0][m][v]);
-    }
+    for (int v = 0; v < NV; ++v) epi(m0 + m, n0 + v * L, acc[0][m][v], c + v * L);
   }
 }
 
-// One panel of NV registers' width: the B panel stays in L1 while the M blocks stream past it.
-template <typename T, int NV, int AG>
+// One panel of NV registers' width, at column n0 of the product: the B panel stays in L1 while the
+// M blocks stream past it.
+template <typename T, int NV, int AG, typename Epi>
 inline void gemm_panel(int64_t M, int64_t K, const T* A, int64_t a_ms, int64_t a_ks, const T* B,
-                       int64_t ldb, T* C, int64_t ldc, bool accumulate, const T* c_scale) {
+                       int64_t ldb, T* C, int64_t ldc, int64_t n0, const Epi& epi) {
   constexpr int MR = CpuRegisterBlock<T, kVecBytes>::kMR;
   static_assert(MR == 6, "the remainder switch covers MR - 1 rows");
   int64_t m0 = 0;
   for (; m0 + MR <= M; m0 += MR)
-    micro_kernel<T, MR, NV, AG>(K, A + m0 * a_ms, a_ms, a_ks, B, ldb, C + m0 * ldc, ldc, accumulate, c_scale);
+    micro_kernel<T, MR, NV, AG>(K, A + m0 * a_ms, a_ms, a_ks, B, ldb, C + m0 * ldc, ldc, m0, n0, epi);
   const T* a = A + m0 * a_ms;
   T* c = C + m0 * ldc;
   switch (M - m0) {
     case 0: break;
-    case 1: micro_kernel<T, 1, NV, AG>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
-    case 2: micro_kernel<T, 2, NV, AG>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
-    case 3: micro_kernel<T, 3, NV, AG>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
-    case 4: micro_kernel<T, 4, NV, AG>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
-    default: micro_kernel<T, 5, NV, AG>(K, a, a_ms, a_ks, B, ldb, c, ldc, accumulate, c_scale); break;
+    case 1: micro_kernel<T, 1, NV, AG>(K, a, a_ms, a_ks, B, ldb, c, ldc, m0, n0, epi); break;
+    case 2: micro_kernel<T, 2, NV, AG>(K, a, a_ms, a_ks, B, ldb, c, ldc, m0, n0, epi); break;
+    case 3: micro_kernel<T, 3, NV, AG>(K, a, a_ms, a_ks, B, ldb, c, ldc, m0, n0, epi); break;
+    case 4: micro_kernel<T, 4, NV, AG>(K, a, a_ms, a_ks, B, ldb, c, ldc, m0, n0, epi); break;
+    default: micro_kernel<T, 5, NV, AG>(K, a, a_ms, a_ks, B, ldb, c, ldc, m0, n0, epi); break;
   }
 }
 
-// C (M x N) (+)= A (M x K) B (K x N), N a multiple of the register width, any M and K. Panels of
-// kNV registers, then one narrower panel for the rest. c_scale (N values, accumulate only): see
-// micro_kernel.
-template <typename T, int AG = 1>
+// The product A (M x K) B (K x N), N a multiple of the register width, any M and K, register by
+// register through epi (StoreC, AddToC, ...): panels of kNV registers, then one narrower panel for the
+// rest. AG: see micro_kernel.
+template <typename T, int AG = 1, typename Epi>
 void gemm_tile(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_ms, int64_t a_ks, const T* B,
-               int64_t ldb, T* C, int64_t ldc, bool accumulate, const T* c_scale = nullptr) {
+               int64_t ldb, T* C, int64_t ldc, const Epi& epi) {
   constexpr int L = kLanes<T>;
   constexpr int NV = CpuRegisterBlock<T, kVecBytes>::kNV;
   static_assert(NV >= 1 && NV <= 4, "the remainder switch covers up to 3 registers");
-  auto cs = [&](int64_t n0) { return c_scale != nullptr ? c_scale + n0 : nullptr; };
   int64_t n0 = 0;
   for (; n0 + NV * L <= N; n0 += NV * L)
-    gemm_panel<T, NV, AG>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate, cs(n0));
+    gemm_panel<T, NV, AG>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, n0, epi);
   switch ((N - n0) / L) {
     case 0: break;
-    case 1: gemm_panel<T, 1, AG>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate, cs(n0)); break;
-    case 2: gemm_panel<T, (NV > 2 ? 2 : 1), AG>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate, cs(n0)); break;
-    default: gemm_panel<T, (NV > 3 ? 3 : 1), AG>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, accumulate, cs(n0)); break;
+    case 1: gemm_panel<T, 1, AG>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, n0, epi); break;
+    case 2: gemm_panel<T, (NV > 2 ? 2 : 1), AG>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, n0, epi); break;
+    default: gemm_panel<T, (NV > 3 ? 3 : 1), AG>(M, K, A, a_ms, a_ks, B + n0, ldb, C + n0, ldc, n0, epi); break;
   }
+}
+
+// C (M x N) = A B, or += with accumulate.
+template <typename T, int AG = 1>
+void gemm_tile(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_ms, int64_t a_ks, const T* B,
+               int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  if (accumulate)
+    gemm_tile<T, AG>(M, N, K, A, a_ms, a_ks, B, ldb, C, ldc, AddToC{});
+  else
+    gemm_tile<T, AG>(M, N, K, A, a_ms, a_ks, B, ldb, C, ldc, StoreC{});
 }
 
 // dst (rows x padded, contiguous) = the rows x width block at src (leading dimension ld), the
@@ -439,7 +462,8 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
           store_vec(&alpha[v], a);
         }
         // acc (Cv x BQ) = acc alpha (each query's rescale) + h_tile (Cv x kn) st (kn x BQ)
-        gemm_tile<T>(Cv, BQ, kn, h + b * p.h_sb + k0, p.h_sc, 1, st.data(), BQ, acc.data(), BQ, true, alpha.data());
+        gemm_tile<T>(Cv, BQ, kn, h + b * p.h_sb + k0, p.h_sc, 1, st.data(), BQ, acc.data(), BQ,
+                     RescaleAndAddToC<T>{alpha.data()});
       }
 
       for (int64_t i = 0; i < qn; ++i) {
