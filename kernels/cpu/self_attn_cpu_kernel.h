@@ -599,21 +599,24 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
             }
           }
           const int64_t qt = b * n_qtiles + q0 / BQ;
-          // p^T (kn x BQ) = exp(scale g_tile^T f_tile - lse), scores as the forward rounded them.
-          gemm_tile<T>(kn, BQ, Cqk, gk.data(), 1, BK, f_tiles.get() + qt * Cqk * BQ, BQ, pt.data(), BQ, false);
-          // dp^T (kn x BQ) = h_tile^T dy_tile, contracted over the Cv value channels.
+          // p^T (kn x BQ) = exp(scale g_tile^T f_tile - lse), scores as the forward rounded them; the exp
+          // taken in the product's epilogue, while each register of scores is still in hand.
+          const T* lhi = lse_hi.data();
+          const T* llo = lse_lo.data();
+          const T* dq = Dq.data();
+          const T* pq = pt.data();
+          auto store_p = [scale, lhi, llo](int64_t, int64_t n, Vec s, T* c) {
+            if (scale != T(1)) s = s * scale;
+            store_vec(c, exp_vec((s - load_vec(lhi + n)) - load_vec(llo + n)));
+          };
+          gemm_tile<T>(kn, BQ, Cqk, gk.data(), 1, BK, f_tiles.get() + qt * Cqk * BQ, BQ, pt.data(), BQ, store_p);
+          // ds^T / gamma (kn x BQ) = p^T (dp^T - D), dp^T = h_tile^T dy_tile contracted over the Cv value
+          // channels, in the product's epilogue.
+          auto store_ds = [pq, dq](int64_t m, int64_t n, Vec dp, T* c) {
+            store_vec(c, load_vec(pq + m * CpuTileTraits<T>::kBlockQ + n) * (dp - load_vec(dq + n)));
+          };
           if (want_ds)
-            gemm_tile<T>(kn, BQ, Cv, hk.data(), 1, BK, dy_tiles.get() + qt * Cv * BQ, BQ, dst.data(), BQ, false);
-          for (int64_t v = 0; v < BQ; v += L) {
-            const Vec hi = load_vec(&lse_hi[v]), lo = load_vec(&lse_lo[v]), d = load_vec(&Dq[v]);
-            for (int64_t j = 0; j < kn; ++j) {
-              Vec s = load_vec(&pt[j * BQ + v]);
-              if (scale != T(1)) s = s * scale;
-              const Vec pr = exp_vec((s - hi) - lo);
-              store_vec(&pt[j * BQ + v], pr);
-              if (want_ds) store_vec(&dst[j * BQ + v], pr * (load_vec(&dst[j * BQ + v]) - d));  // ds / gamma
-            }
-          }
+            gemm_tile<T>(kn, BQ, Cv, hk.data(), 1, BK, dy_tiles.get() + qt * Cv * BQ, BQ, dst.data(), BQ, store_ds);
           // df_part (Cqk x BQ at q0) += g_tile (Cqk x kn) ds^T (kn x BQ)
           if (want_df)
             gemm_tile<T>(Cqk, BQ, kn, gk.data(), BK, 1, dst.data(), BQ, dfp + q0, nq_pad, true);
