@@ -24,7 +24,8 @@
   template void self_attn_fwd_impl<float>(const SelfAttnFwdParams&, const ParallelFor&);   \
   template void self_attn_fwd_impl<double>(const SelfAttnFwdParams&, const ParallelFor&);  \
   template void self_attn_backward_impl<float>(const SelfAttnBackwardParams&, const ParallelFor&);   \
-  template void self_attn_backward_impl<double>(const SelfAttnBackwardParams&, const ParallelFor&);
+  template void self_attn_backward_impl<double>(const SelfAttnBackwardParams&, const ParallelFor&);   \
+  void exp_nonpositive_for_tests(const float* x, float* y, int64_t n) { exp_nonpositive_array(x, y, n); }
 
 // The same, for self_attn_cpu_double_backward_kernel.h (its own instantiation files, built in parallel).
 #define SAGAN_INSTANTIATE_CPU_DOUBLE_BACKWARD_KERNELS()                                             \
@@ -40,6 +41,8 @@ namespace sagan::kernels::cpu {
   void self_attn_backward_impl(const SelfAttnBackwardParams&, const ParallelFor&);        \
   template <typename T>                                                         \
   void self_attn_double_backward_impl(const SelfAttnDoubleBackwardParams&, const ParallelFor&); \
+  /* The kernels' exp on n floats (kernels/cpu/self_attn_cpu_kernel.h), for tests/cpp/test_cpu_exp.cpp. */ \
+  void exp_nonpositive_for_tests(const float* x, float* y, int64_t n);          \
   }
 SAGAN_DECLARE_CPU_KERNELS(isa_default)
 #if SAGAN_CPU_HAS_AVX2_BUILD
