@@ -39,6 +39,8 @@ template <typename T>
 constexpr int kLanes = static_cast<int>(kVecBytes / sizeof(T));
 static_assert(CpuTileTraits<float>::kBlockQ % kLanes<float> == 0 &&
                   CpuTileTraits<float>::kBlockK % kLanes<float> == 0 &&
+                  CpuTileTraits<float>::kBackwardBlockK % kLanes<float> == 0 &&
+                  CpuTileTraits<double>::kBackwardBlockK % kLanes<double> == 0 &&
                   CpuTileTraits<double>::kBlockQ % kLanes<double> == 0 &&
                   CpuTileTraits<double>::kBlockK % kLanes<double> == 0,
               "tiles must hold whole registers");
@@ -517,7 +519,7 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
   using Vec = typename VecOf<T>::type;
   constexpr int L = kLanes<T>;
   constexpr int64_t BQ = CpuTileTraits<T>::kBlockQ;
-  constexpr int64_t BK = CpuTileTraits<T>::kBlockK;
+  constexpr int64_t BK = CpuTileTraits<T>::kBackwardBlockK;
   const int64_t B = p.B, Cqk = p.Cqk, Cv = p.Cv, Nq = p.Nq, Nk = p.Nk;
   const T scale = static_cast<T>(p.scale);
   const T gamma = *static_cast<const T*>(p.gamma);

@@ -8,7 +8,11 @@ namespace sagan::kernels::cpu {
 // kBlockQ x kBlockK is the score tile: kBlockQ queries along the vector lanes, kBlockK keys. The
 // forward and the backward hold it key-major (one row per key, queries contiguous), so the online
 // softmax's per-query maximum and sum run down the rows, lane-wise, and the tile is the right-hand
-// operand of the value product as it stands. Both sizes are multiples of every register width.
+// operand of the value product as it stands. The backward's tiles are kBackwardBlockK keys tall. Every
+// size is a multiple of every register width, and the key sizes of the micro-kernel's 6 rows.
+// Measured (bench/cpu_kernels.py's shapes, AVX-512, one thread, min of interleaved runs): the forward
+// is fastest at 96 to 128 keys (192: 7% slower); the backward at 192 (4 to 7% faster than 128 at
+// (Cqk, Cv) = (8, 64), (16, 128), (32, 256); 240 and 256: 8% slower again).
 template <typename T>
 struct CpuTileTraits;
 
@@ -16,12 +20,14 @@ template <>
 struct CpuTileTraits<float> {
   static constexpr int64_t kBlockQ = 64;
   static constexpr int64_t kBlockK = 128;
+  static constexpr int64_t kBackwardBlockK = 192;
 };
 
 template <>
 struct CpuTileTraits<double> {
   static constexpr int64_t kBlockQ = 64;
   static constexpr int64_t kBlockK = 128;
+  static constexpr int64_t kBackwardBlockK = 192;
 };
 
 // The micro-kernel's register block, per register width in bytes (16: the baseline x86-64 build,

@@ -1,6 +1,6 @@
 """Property-based fuzzing (hypothesis) of torch.ops.sagan.self_attn against the float64 reference.
 
-Drawn: sizes (B 1-3, Cqk 1-20, Cv 1-40, Nq and Nk 1-150, tile edges and primes favoured), the memory
+Drawn: sizes (B 1-3, Cqk 1-20, Cv 1-40, Nq and Nk 1-150 and the tile edges up to 193, edges and primes favoured), the memory
 layout of every tensor, dtype (float64, float32, bfloat16, float16), scale (0, negative, small,
 large), gamma (0, negative, 1e4, shape () or (1,)), with or without the residual x. Checked:
   * y and the gradients of every input against the float64 oracle, with the criteria of op_testing
@@ -49,9 +49,9 @@ FUZZ = dict(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-# Sizes: any in range, with the tile edges (64 queries x 128 keys, register blocks of 6 rows and
-# 8 or 16 columns) and primes drawn often.
-EDGES_N = [1, 2, 5, 6, 7, 16, 17, 63, 64, 65, 97, 127, 128, 129, 131, 149, 150]
+# Sizes: any in range, with the tile edges (64 queries x 128 keys forward, 192 keys backward, register
+# blocks of 6 rows and 8 or 16 columns) and primes drawn often.
+EDGES_N = [1, 2, 5, 6, 7, 16, 17, 63, 64, 65, 97, 127, 128, 129, 131, 149, 150, 191, 192, 193]
 n_sizes = st.one_of(st.sampled_from(EDGES_N), st.integers(1, 150))
 cqk_sizes = st.one_of(st.sampled_from([1, 3, 5, 6, 7, 10, 12, 13, 20]), st.integers(1, 20))
 cv_sizes = st.one_of(st.sampled_from([1, 5, 6, 7, 8, 16, 17, 31, 40]), st.integers(1, 40))

@@ -5,8 +5,8 @@ The online softmax keeps a running row maximum that starts at -inf; a key tile w
 -inf must then contribute weight 0, never exp(-inf - -inf) = NaN. These tests mask keys (logit -inf)
 in the first tile only, just past it, in several leading tiles, in the last (ragged) tile, and in every
 tile, for each dtype, forward and all five gradients, and rerun themselves (the CPU cases) under the
-baseline (non-AVX2) CPU build. The CPU score tile is 64 queries x 128 keys; the CUDA kernels use 64 x 64, so the
-patterns cross both sets of boundaries.
+baseline (non-AVX2) CPU build. The CPU score tile is 64 queries x 128 keys in the forward, 64 x 192 in
+the backward; the CUDA kernels use 64 x 64, so the patterns cross every set of boundaries.
 
 Two ways to get the -inf logits:
 - "inf": a mask channel, f[:, 0] = 1 and g[:, 0] = -inf at masked keys (0 elsewhere), masks the same
@@ -45,7 +45,8 @@ from op_testing import (
 )
 from sagan_attn import reference
 
-B, CQK, CV, NQ, NK = 2, 3, 9, 70, 300  # CPU key tiles [0,128) [128,256) [256,300); query tiles 64 + 6
+# CPU key tiles [0,128) [128,256) [256,300) forward, [0,192) [192,300) backward; query tiles 64 + 6
+B, CQK, CV, NQ, NK = 2, 3, 9, 70, 300
 
 # Masked key ranges, by the tile boundaries they test. (No id contains "cuda": `-k cuda` / `-k "not
 # cuda"` select the devices.)
@@ -54,6 +55,9 @@ PATTERNS = {
     "first_tile_and_one": [(0, 129)],
     "first_64_keys": [(0, 64)],  # the CUDA kernels' first key tile
     "leading_tiles": [(0, 256)],
+    "first_backward_tile": [(0, 192)],
+    "first_backward_tile_and_one": [(0, 193)],
+    "last_backward_tile": [(192, NK)],
     "last_tile": [(256, NK)],
     "first_and_last": [(0, 128), (256, NK)],
     "all_but_one_key": [(0, 299)],
