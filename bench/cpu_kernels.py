@@ -1,17 +1,22 @@
-"""The CPU kernels against the machine's matmul rate: GFLOP/s over a (Cqk, Cv) grid, thread scaling, and
-bfloat16 against float32, in one run.
+"""The CPU kernels against the machine's matmul rate: GFLOP/s over a (Cqk, Cv) grid, SDPA's CPU flash
+attention head to head, thread scaling, and bfloat16 against float32, in one run.
 
     python -m bench.cpu_kernels                 # about 3 minutes on 2 quiet cores
     python -m bench.cpu_kernels --quick         # one shape of each part (a smoke test)
 
 Forward and backward are timed separately at the op level (torch.ops.sagan.self_attn_fwd and
-self_attn_backward, inputs made beforehand), each the median of repeated calls (sagan_attn.measure). The
-FLOPs counted are the products each pass really computes, per image:
+self_attn_backward, inputs made beforehand). The machine this runs on is a shared VM whose speed drifts
+by up to 50% between seconds, so every comparison is timed interleaved (sagan_attn.measure.interleaved_ms):
+round by round, the forward, the backward and a matmul of the roofline's size in turn, and a row's
+"% matmul" is the median over rounds of that round's ratio. The FLOPs counted are the products each pass really computes, per image:
   forward   2 Nq Nk (Cqk + Cv)          s = f^T g, o = h p^T
   backward  2 Nq Nk (3 Cqk + 2 Cv)      s again, dp = dy^T h, dh = dy p, df = ds g^T, dg = f ds
 (the exp, the row statistics and the elementwise softmax backward come on top, uncounted). The roofline
-is torch.mm's float32 GFLOP/s on square matrices sized to take about 0.2 s, timed in the same run with
-the same thread count. Thread scaling times the same call at 1 thread and at every thread
+is torch.mm's float32 GFLOP/s on square matrices sized to take about 0.2 s, with the same thread count.
+Head to head: the CPU target shapes of bench/shapes.py, sagan-attn against SDPA's flash backend on q and
+k zero-padded to Cv (bench/impls.py's sdpa-flash-pad), forward (no grad) and forward+backward, through
+bench/impls.py as the sweep runs them, interleaved; the ratio is the median of the per-round ratios.
+Thread scaling times the same call at 1 thread and at every thread
 (torch.get_num_threads() at start). Writes bench/results/cpu-kernels-<stamp>.{json,md}.
 """
 from __future__ import annotations
@@ -19,9 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from dataclasses import replace
+from typing import Callable, Dict, List, Optional, Sequence
 
 if __package__ in (None, ""):  # python bench/cpu_kernels.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,9 +36,11 @@ if __package__ in (None, ""):  # python bench/cpu_kernels.py
 import torch  # noqa: E402
 
 import sagan_attn  # noqa: E402,F401  (registers torch.ops.sagan)
-from sagan_attn.measure import median_ms  # noqa: E402
+from sagan_attn.measure import interleaved_ms, median_ms, ratio_median  # noqa: E402
 
+from bench import impls  # noqa: E402
 from bench.measure import git_state, machine, matmul_tflops  # noqa: E402
+from bench.shapes import CPU_TARGETS  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID_CQK = (8, 16, 32)
@@ -42,8 +51,8 @@ def flops(B: int, Cqk: int, Cv: int, Nq: int, Nk: int) -> Dict[str, float]:
     return {"fwd": 2.0 * B * Nq * Nk * (Cqk + Cv), "bwd": 2.0 * B * Nq * Nk * (3 * Cqk + 2 * Cv)}
 
 
-def time_passes(B: int, Cqk: int, Cv: int, N: int, dtype: torch.dtype, repeats: int) -> Dict[str, float]:
-    """Median ms of the forward and of the backward (all three gradients) at one shape."""
+def pass_fns(B: int, Cqk: int, Cv: int, N: int, dtype: torch.dtype) -> Dict[str, Callable[[], object]]:
+    """The forward and the backward (all three gradients) at one shape, inputs made beforehand."""
     gen = torch.Generator().manual_seed(0)
 
     def rnd(*size):
@@ -53,12 +62,45 @@ def time_passes(B: int, Cqk: int, Cv: int, N: int, dtype: torch.dtype, repeats: 
     gamma = torch.tensor(0.5, dtype=dtype)
     y, o, lse = torch.ops.sagan.self_attn_fwd(f, g, h, x, gamma, 1.0)
     dy = rnd(B, Cv, N)
-    fwd = median_ms(lambda: torch.ops.sagan.self_attn_fwd(f, g, h, x, gamma, 1.0), "cpu", warmup=1,
-                    repeats=repeats, budget_s=0.0)
-    bwd = median_ms(lambda: torch.ops.sagan.self_attn_backward(dy, f, g, h, o, lse, gamma, 1.0,
-                                                               [True, True, True]),
-                    "cpu", warmup=1, repeats=repeats, budget_s=0.0)
-    return {"fwd": fwd, "bwd": bwd}
+    return {"fwd": lambda: torch.ops.sagan.self_attn_fwd(f, g, h, x, gamma, 1.0),
+            "bwd": lambda: torch.ops.sagan.self_attn_backward(dy, f, g, h, o, lse, gamma, 1.0, [True, True, True])}
+
+
+def time_passes(B: int, Cqk: int, Cv: int, N: int, dtype: torch.dtype, repeats: int) -> Dict[str, float]:
+    """Median ms of the forward and of the backward at one shape."""
+    return {name: median_ms(fn, "cpu", warmup=1, repeats=repeats, budget_s=0.0)
+            for name, fn in pass_fns(B, Cqk, Cv, N, dtype).items()}
+
+
+def matmul_fn(n: int) -> Callable[[], object]:
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+    return lambda: torch.mm(a, b)
+
+
+def head_to_head(rounds: int, quick: bool) -> List[dict]:
+    """sagan-attn against SDPA flash on padded q, k at the CPU target shapes: fwd and fwd+bwd, interleaved."""
+    rows = []
+    for shape in CPU_TARGETS[:1] if quick else CPU_TARGETS:
+        if quick:
+            shape = replace(shape, B=1, H=16, W=16)
+        inputs = impls.make_inputs(shape, torch.float32, "cpu")
+        fns: Dict[str, Callable[[], object]] = {}
+        for name in (impls.FUSED, "sdpa-flash-pad"):
+            resolved, _ = impls.resolve(name, shape, inputs)
+            if resolved.fn is None:
+                raise RuntimeError(f"{name} cannot run {shape.name}: {resolved.reason}")
+            steps = impls.step_fns(resolved.fn, inputs)
+            fns[f"{name} fwd"], fns[f"{name} fwd+bwd"] = steps["fwd"], steps["fwd+bwd"]
+        t = interleaved_ms(fns, "cpu", warmup=1, rounds=rounds)
+        row = {"shape": shape.name, "dims": [shape.B, shape.Cqk, shape.Cv, shape.Nq, shape.Nk],
+               "ms": {k: statistics.median(v) for k, v in t.items()}, "rounds_ms": t}
+        for step in ("fwd", "fwd+bwd"):
+            row[f"speedup_{step}"] = ratio_median(t, f"sdpa-flash-pad {step}", f"{impls.FUSED} {step}")
+        rows.append(row)
+        print(f"{shape.name} {tuple(row['dims'])}: SDPA flash padded / sagan-attn: fwd x{row['speedup_fwd']:.2f}, "
+              f"fwd+bwd x{row['speedup_fwd+bwd']:.2f}", flush=True)
+    return rows
 
 
 def gflops(fl: float, ms: float) -> float:
@@ -79,18 +121,24 @@ def run(args: argparse.Namespace) -> dict:
     if args.quick:
         grid = grid[:1]
     rows: List[dict] = []
+    mm_fn, mm_flops = matmul_fn(mm["n"]), 2.0 * mm["n"] ** 3
     for cqk, cv in grid:
-        t = time_passes(B, cqk, cv, N, torch.float32, args.repeats)
         fl = flops(B, cqk, cv, N, N)
-        row = {"Cqk": cqk, "Cv": cv, "fwd_ms": t["fwd"], "bwd_ms": t["bwd"],
-               "fwd_gflops": gflops(fl["fwd"], t["fwd"]), "bwd_gflops": gflops(fl["bwd"], t["bwd"])}
-        row["fwd_frac"] = row["fwd_gflops"] / mm_gflops
-        row["bwd_frac"] = row["bwd_gflops"] / mm_gflops
+        fns = dict(pass_fns(B, cqk, cv, N, torch.float32), matmul=mm_fn)
+        t = interleaved_ms(fns, "cpu", warmup=1, rounds=args.repeats)
+        med = {k: statistics.median(v) for k, v in t.items()}
+        row = {"Cqk": cqk, "Cv": cv, "fwd_ms": med["fwd"], "bwd_ms": med["bwd"], "matmul_ms": med["matmul"],
+               "fwd_gflops": gflops(fl["fwd"], med["fwd"]), "bwd_gflops": gflops(fl["bwd"], med["bwd"]),
+               "matmul_gflops": gflops(mm_flops, med["matmul"]), "matmul_n": mm["n"], "rounds_ms": t}
+        # (fl / t_pass) / (mm_flops / t_mm), round by round
+        row["fwd_frac"] = fl["fwd"] / mm_flops * ratio_median(t, "matmul", "fwd")
+        row["bwd_frac"] = fl["bwd"] / mm_flops * ratio_median(t, "matmul", "bwd")
         rows.append(row)
-        print(f"Cqk={cqk:3d} Cv={cv:4d}: fwd {t['fwd']:8.1f} ms {row['fwd_gflops']:6.1f} GFLOP/s "
-              f"({100 * row['fwd_frac']:.0f}%), bwd {t['bwd']:8.1f} ms {row['bwd_gflops']:6.1f} GFLOP/s "
+        print(f"Cqk={cqk:3d} Cv={cv:4d}: fwd {med['fwd']:8.1f} ms {row['fwd_gflops']:6.1f} GFLOP/s "
+              f"({100 * row['fwd_frac']:.0f}%), bwd {med['bwd']:8.1f} ms {row['bwd_gflops']:6.1f} GFLOP/s "
               f"({100 * row['bwd_frac']:.0f}%)", flush=True)
     record["grid"] = rows
+    record["head_to_head"] = head_to_head(args.repeats, args.quick)
 
     # Thread scaling: B = 1 with a large N (the case that must split one image over the cores) and the
     # batched target shape.
@@ -132,14 +180,26 @@ def markdown(rec: dict) -> str:
            f"- {m['cpu']}, {rec['threads']} threads, cpu_isa {m['sagan_attn'].get('cpu_isa')}, torch {m['torch']}, "
            f"commit {rec['git']['commit'][:12]}{' (dirty)' if rec['git']['dirty'] else ''}",
            f"- load average at start {m['load_average_start']}, at end {rec['load_average_end']}",
-           f"- matmul float32 (n = {rec['matmul']['n']}): {mm:.1f} GFLOP/s; medians of {rec['repeats']} calls",
+           f"- matmul float32 (n = {rec['matmul']['n']}): {mm:.1f} GFLOP/s at the start; {rec['repeats']} rounds "
+           "per row, the pass and a matmul interleaved; ms and GFLOP/s are medians, % matmul the median of the "
+           "per-round ratios",
            f"- B = {rec['batch']}, Nq = Nk = {rec['n']}, float32; FLOPs: forward 2 Nq Nk (Cqk + Cv), "
            "backward 2 Nq Nk (3 Cqk + 2 Cv) per image", "",
-           "| Cqk | Cv | fwd ms | fwd GFLOP/s | % matmul | bwd ms | bwd GFLOP/s | % matmul |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| Cqk | Cv | fwd ms | fwd GFLOP/s | % matmul | bwd ms | bwd GFLOP/s | % matmul | matmul GFLOP/s |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rec["grid"]:
         out.append(f"| {r['Cqk']} | {r['Cv']} | {r['fwd_ms']:.1f} | {r['fwd_gflops']:.1f} | {100 * r['fwd_frac']:.0f}% "
-                   f"| {r['bwd_ms']:.1f} | {r['bwd_gflops']:.1f} | {100 * r['bwd_frac']:.0f}% |")
+                   f"| {r['bwd_ms']:.1f} | {r['bwd_gflops']:.1f} | {100 * r['bwd_frac']:.0f}% "
+                   f"| {r['matmul_gflops']:.1f} |")
+    out += ["", "Head to head with SDPA's CPU flash attention, q and k zero-padded to Cv (interleaved; speed-up = "
+            "median of the per-round ratios SDPA / sagan-attn):", "",
+            "| shape | (B, Cqk, Cv, Nq, Nk) | fwd ms sagan / SDPA | speed-up | fwd+bwd ms sagan / SDPA | speed-up |",
+            "|---|---|---:|---:|---:|---:|"]
+    for r in rec["head_to_head"]:
+        ms, F = r["ms"], "sagan-attn"
+        out.append(f"| {r['shape']} | {tuple(r['dims'])} | {ms[F + ' fwd']:.1f} / {ms['sdpa-flash-pad fwd']:.1f} "
+                   f"| x{r['speedup_fwd']:.2f} | {ms[F + ' fwd+bwd']:.1f} / {ms['sdpa-flash-pad fwd+bwd']:.1f} "
+                   f"| x{r['speedup_fwd+bwd']:.2f} |")
     out += ["", f"Thread scaling (1 thread -> {rec['threads']}):", "",
             "| B | Cqk | Cv | N | fwd ms (1 / all) | speed-up | bwd ms (1 / all) | speed-up |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -5,7 +5,9 @@ all measure through this module, so a figure means the same wherever it is print
 
 Time: ``median_ms``, the median of repeated calls after warm-up calls. On CUDA each call sits between
 two CUDA events on the current stream (the GPU's own clock); on the CPU it is wall time
-(``time.perf_counter``). At least ``repeats`` calls, more until ``budget_s`` has passed.
+(``time.perf_counter``). At least ``repeats`` calls, more until ``budget_s`` has passed. For ratios
+between implementations on a machine whose speed drifts, ``interleaved_ms`` times them in turn, round
+by round, and ``ratio_median`` takes the median of the per-round ratios.
 
 Peak memory:
   CUDA  ``cuda_peak``: ``torch.cuda.max_memory_allocated()`` during one call after
@@ -107,6 +109,39 @@ def median_ms(fn: Callable[[], object], device: str, warmup: int, repeats: int, 
         free_cuda(device)
         return "OOM"
     return statistics.median(times)
+
+
+def interleaved_ms(fns: Dict[str, Callable[[], object]], device: str, warmup: int, rounds: int) -> Dict[str, List[float]]:
+    """ms of each call of each fn, the fns taken in turn for `rounds` rounds after `warmup` rounds.
+
+    For ratios on a machine whose speed drifts (a shared VM: the same call swings by 50% between
+    seconds): each round times every fn within moments, so the round's ratios compare like with like,
+    and the median of the per-round ratios (ratio_median) is the robust comparison. CUDA: CUDA events;
+    CPU: wall time."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            if device == "cuda":
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times[name].append(begin.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(1e3 * (time.perf_counter() - t0))
+    return times
+
+
+def ratio_median(times: Dict[str, List[float]], num: str, den: str) -> float:
+    """The median over rounds of times[num][r] / times[den][r] (see interleaved_ms)."""
+    return statistics.median(a / b for a, b in zip(times[num], times[den]))
 
 
 # -- CUDA memory -----------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 
@@ -230,7 +231,8 @@ def test_loglog_slope():
 
 def test_cpu_kernels_quick_record(tmp_path):
     """bench/cpu_kernels.py --quick runs end to end and its record holds what the Markdown reports:
-    the FLOP rates are the counted FLOPs over the measured times, the fractions are over the matmul."""
+    the FLOP rates are the counted FLOPs over the median times, the fractions of the matmul and the
+    speed-ups over SDPA are the medians of the per-round ratios of the interleaved times it keeps."""
     from bench import cpu_kernels
 
     assert cpu_kernels.main(["--quick", "--out", str(tmp_path)]) == 0
@@ -240,5 +242,12 @@ def test_cpu_kernels_quick_record(tmp_path):
     row = rec["grid"][0]
     fl = cpu_kernels.flops(rec["batch"], row["Cqk"], row["Cv"], rec["n"], rec["n"])
     assert math.isclose(row["fwd_gflops"], fl["fwd"] / (row["fwd_ms"] * 1e-3) / 1e9, rel_tol=1e-9)
-    assert math.isclose(row["bwd_frac"], row["bwd_gflops"] / (1e3 * rec["matmul"]["tflops"]), rel_tol=1e-9)
+    assert math.isclose(row["fwd_ms"], statistics.median(row["rounds_ms"]["fwd"]), rel_tol=1e-12)
+    mm_flops = 2.0 * row["matmul_n"] ** 3
+    per_round = [(fl["bwd"] / b) / (mm_flops / m) for b, m in zip(row["rounds_ms"]["bwd"], row["rounds_ms"]["matmul"])]
+    assert math.isclose(row["bwd_frac"], statistics.median(per_round), rel_tol=1e-9)
+    (h2h,) = rec["head_to_head"]
+    t = h2h["rounds_ms"]
+    per_round = [s / f for s, f in zip(t["sdpa-flash-pad fwd+bwd"], t["sagan-attn fwd+bwd"])]
+    assert math.isclose(h2h["speedup_fwd+bwd"], statistics.median(per_round), rel_tol=1e-9)
     assert rec["scaling"][0]["speedup_fwd"] > 0 and rec["dtypes"]["bf16_over_fp32_fwd"] > 0
