@@ -440,40 +440,55 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
         // Online softmax, lane by lane down the key rows: new running maximum, the rescale factor of
         // the old sums, the tile's exps and their sum. The maximum need not keep a NaN score (one
         // instruction, vmaxps, not three): that score's exp is NaN whatever the shift, and the row sum,
-        // o and lse with it.
-        for (int64_t v = 0; v < BQ; v += L) {
-          // Two chains of maxima (even and odd keys), so that the pass runs at the vmaxps throughput,
-          // not its latency.
-          const Vec old_max = load_vec(&row_max[v]);
-          Vec mx = old_max, mx_odd = old_max;
-          int64_t j = 0;
-          for (; j + 2 <= kn; j += 2) {
-            const Vec s0 = load_vec(&st[j * BQ + v]), s1 = load_vec(&st[(j + 1) * BQ + v]);
-            mx = mx > s0 ? mx : s0;
-            mx_odd = mx_odd > s1 ? mx_odd : s1;
+        // o and lse with it. Each pass walks the tile row by row with all of a row's registers at once
+        // (and, for the maxima, two chains: even and odd keys), so that the independent chains keep
+        // the vector units busy rather than wait on one register's latency.
+        constexpr int NQ = static_cast<int>(BQ / L);
+        constexpr int KC = NQ >= 8 ? 1 : 2;
+        Vec mx[KC][NQ];
+        SAGAN_UNROLL
+        for (int t = 0; t < KC; ++t)
+          SAGAN_UNROLL
+          for (int v = 0; v < NQ; ++v) mx[t][v] = load_vec(&row_max[v * L]);
+        int64_t j = 0;
+        for (; j + KC <= kn; j += KC)
+          SAGAN_UNROLL
+          for (int t = 0; t < KC; ++t)
+            SAGAN_UNROLL
+            for (int v = 0; v < NQ; ++v) {
+              const Vec s = load_vec(&st[(j + t) * BQ + v * L]);
+              mx[t][v] = mx[t][v] > s ? mx[t][v] : s;
+            }
+        for (; j < kn; ++j)
+          SAGAN_UNROLL
+          for (int v = 0; v < NQ; ++v) {
+            const Vec s = load_vec(&st[j * BQ + v * L]);
+            mx[0][v] = mx[0][v] > s ? mx[0][v] : s;
           }
-          if (j < kn) {
-            const Vec s0 = load_vec(&st[j * BQ + v]);
-            mx = mx > s0 ? mx : s0;
-          }
-          mx = mx > mx_odd ? mx : mx_odd;
+        Vec sh[NQ], sum[NQ];
+        SAGAN_UNROLL
+        for (int v = 0; v < NQ; ++v) {
+          if constexpr (KC == 2) mx[0][v] = mx[0][v] > mx[1][v] ? mx[0][v] : mx[1][v];
           // While every score of a query so far is -inf, shift by 0 instead of the maximum: the
           // tile's exps and the rescale factor are then exp(-inf) = 0, never exp(-inf - -inf) = NaN,
           // so keys masked with -inf (or overflowing to it) in leading tiles get weight 0, as in the
           // reference. A query whose scores are -inf everywhere ends with row_sum = 0 and
           // o = 0 / 0 = NaN, and a NaN or +inf score gives NaN: both as the reference softmax has them.
-          const Vec sh = mx == kNegInf ? Vec{} : mx;
-          const Vec a = exp_vec(old_max - sh);
-          Vec sum = Vec{};
-          for (int64_t j = 0; j < kn; ++j) {
-            const Vec e = exp_vec(load_vec(&st[j * BQ + v]) - sh);
-            store_vec(&st[j * BQ + v], e);
-            sum += e;
-          }
-          store_vec(&row_sum[v], load_vec(&row_sum[v]) * a + sum);
-          store_vec(&row_max[v], mx);
-          store_vec(&alpha[v], a);
+          sh[v] = mx[0][v] == kNegInf ? Vec{} : mx[0][v];
+          store_vec(&alpha[v * L], exp_vec(load_vec(&row_max[v * L]) - sh[v]));
+          store_vec(&row_max[v * L], mx[0][v]);
+          sum[v] = Vec{};
         }
+        for (int64_t j = 0; j < kn; ++j)
+          SAGAN_UNROLL
+          for (int v = 0; v < NQ; ++v) {
+            const Vec e = exp_vec(load_vec(&st[j * BQ + v * L]) - sh[v]);
+            store_vec(&st[j * BQ + v * L], e);
+            sum[v] += e;
+          }
+        SAGAN_UNROLL
+        for (int v = 0; v < NQ; ++v)
+          store_vec(&row_sum[v * L], load_vec(&row_sum[v * L]) * load_vec(&alpha[v * L]) + sum[v]);
         // acc (Cv x BQ) = acc alpha (each query's rescale) + h_tile (Cv x kn) st (kn x BQ)
         gemm_tile<T>(Cv, BQ, kn, h + b * p.h_sb + k0, p.h_sc, 1, st.data(), BQ, acc.data(), BQ,
                      RescaleAndAddToC<T>{alpha.data()});
