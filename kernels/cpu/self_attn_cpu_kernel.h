@@ -370,10 +370,11 @@ inline void exp_nonpositive_array(const float* x, float* y, int64_t n) {
 // dst (B, nq_pad / G, c_pad) = the (B, C, N) tensor src transposed, G consecutive queries to a row:
 // element (c, i) at row i / G, column c G + i % G, everything else zero. G = 1: channels contiguous,
 // the right-hand operand of dh^T; G = 2: query pairs, that of dg^T (see the backward). Built once per
-// call. nq_pad is a multiple of G.
-template <typename T>
+// call. nq_pad is a multiple of G. (G a template parameter: i / G and i % G per element would be
+// integer divisions.)
+template <int G, typename T>
 void transpose_padded(int64_t B, int64_t C, int64_t N, const T* src, int64_t sb, int64_t sc, int64_t nq_pad,
-                      int64_t c_pad, int64_t G, T* dst, const ParallelFor& parallel_for) {
+                      int64_t c_pad, T* dst, const ParallelFor& parallel_for) {
   constexpr int64_t kRows = 64;  // queries per work item, a multiple of G
   const int64_t n_blocks = ceil_div(N, kRows);
   parallel_for(B * n_blocks, [&](int64_t begin, int64_t end) {
@@ -577,9 +578,10 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
   // touch, and the page faults of that, are spread over the threads.
   const std::unique_ptr<T[]> dyT(want_dh ? new T[B * nq_pad * cv_pad] : nullptr),
       fT(want_dg ? new T[B * nq_pad / dg_group * cqk_pad] : nullptr);
-  if (want_dh) transpose_padded(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, nq_pad, cv_pad, 1, dyT.get(), parallel_for);
+  if (want_dh) transpose_padded<1>(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, nq_pad, cv_pad, dyT.get(), parallel_for);
   if (want_dg)
-    transpose_padded(B, Cqk, Nq, f, p.f_sb, p.f_sc, nq_pad, cqk_pad, dg_group, fT.get(), parallel_for);
+    (dg_group == 2 ? transpose_padded<2, T> : transpose_padded<1, T>)(B, Cqk, Nq, f, p.f_sb, p.f_sc, nq_pad, cqk_pad,
+                                                                      fT.get(), parallel_for);
   // f and dy cut into contiguous query tiles: the right-hand operands of s^T and dp^T.
   const int64_t n_qtiles = nq_pad / BQ;
   const std::unique_ptr<T[]> f_tiles(new T[B * n_qtiles * Cqk * BQ]),
