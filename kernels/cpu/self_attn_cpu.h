@@ -21,4 +21,9 @@ void self_attn_double_backward(const SelfAttnDoubleBackwardParams& params, const
 // The instruction set the dispatcher picked on this machine ("avx512", "avx2" or "default").
 const char* isa_name();
 
+// Whether this CPU runs the build of the named instruction set ("default", "avx2" or "avx512"), by the
+// dispatcher's own feature test; false for a name this build does not have. For tests that run every
+// build.
+bool isa_supported(const char* name);
+
 }  // namespace sagan::kernels::cpu

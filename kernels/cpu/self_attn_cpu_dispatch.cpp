@@ -39,6 +39,14 @@ Isa picked() {
 
 }  // namespace
 
+bool isa_supported(const char* name) {
+  const Isa best = supported();  // each build needs every feature of the ones below it
+  if (std::strcmp(name, "default") == 0) return true;
+  if (std::strcmp(name, "avx2") == 0) return best == Isa::kAvx2 || best == Isa::kAvx512;
+  if (std::strcmp(name, "avx512") == 0) return best == Isa::kAvx512;
+  return false;
+}
+
 const char* isa_name() {
   switch (picked()) {
     case Isa::kAvx512: return "avx512";

@@ -358,15 +358,6 @@ inline VecOf<double>::type exp_vec(VecOf<double>::type x) {
   return x;
 }
 
-// y = exp_nonpositive(x), whole registers as the kernels take them, then the tail lane by lane: what
-// tests/cpp/test_cpu_exp.cpp checks against float64 exp, in every build.
-inline void exp_nonpositive_array(const float* x, float* y, int64_t n) {
-  constexpr int W = kLanes<float>;
-  int64_t j = 0;
-  for (; j + W <= n; j += W) store_vec(y + j, exp_vec(load_vec(x + j)));
-  for (; j < n; ++j) y[j] = exp_nonpositive(x[j]);
-}
-
 // dst (B, nq_pad / G, c_pad) = the (B, C, N) tensor src transposed, G consecutive queries to a row:
 // element (c, i) at row i / G, column c G + i % G, everything else zero. G = 1: channels contiguous,
 // the right-hand operand of dh^T; G = 2: query pairs, that of dg^T (see the backward). Built once per

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cpu/self_attn_cpu.h"
 #include "kernels/cpu/self_attn_cpu_isa.h"
 
 namespace {
@@ -22,14 +23,10 @@ using ExpFn = void (*)(const float*, float*, int64_t);
 std::vector<std::pair<std::string, ExpFn>> builds() {
   std::vector<std::pair<std::string, ExpFn>> out = {{"default", cpu::isa_default::exp_nonpositive_for_tests}};
 #if SAGAN_CPU_HAS_AVX2_BUILD
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    out.emplace_back("avx2", cpu::isa_avx2::exp_nonpositive_for_tests);
+  if (cpu::isa_supported("avx2")) out.emplace_back("avx2", cpu::isa_avx2::exp_nonpositive_for_tests);
 #endif
 #if SAGAN_CPU_HAS_AVX512_BUILD
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    out.emplace_back("avx512", cpu::isa_avx512::exp_nonpositive_for_tests);
+  if (cpu::isa_supported("avx512")) out.emplace_back("avx512", cpu::isa_avx512::exp_nonpositive_for_tests);
 #endif
   return out;
 }
