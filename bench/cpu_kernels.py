@@ -1,14 +1,15 @@
 """The CPU kernels against the machine's matmul rate: GFLOP/s over a (Cqk, Cv) grid, SDPA's CPU flash
 attention head to head, thread scaling, and bfloat16 against float32, in one run.
 
-    python -m bench.cpu_kernels                 # about 3 minutes on 2 quiet cores
+    python -m bench.cpu_kernels                 # about 4 minutes on 2 cores
     python -m bench.cpu_kernels --quick         # one shape of each part (a smoke test)
 
 Forward and backward are timed separately at the op level (torch.ops.sagan.self_attn_fwd and
 self_attn_backward, inputs made beforehand). The machine this runs on is a shared VM whose speed drifts
 by up to 50% between seconds, so every comparison is timed interleaved (sagan_attn.measure.interleaved_ms):
 round by round, the forward, the backward and a matmul of the roofline's size in turn, and a row's
-"% matmul" is the median over rounds of that round's ratio. The FLOPs counted are the products each pass really computes, per image:
+"% matmul" is the median over rounds of that round's ratio. The FLOPs counted are the products each
+pass really computes, per image:
   forward   2 Nq Nk (Cqk + Cv)          s = f^T g, o = h p^T
   backward  2 Nq Nk (3 Cqk + 2 Cv)      s again, dp = dy^T h, dh = dy p, df = ds g^T, dg = f ds
 (the exp, the row statistics and the elementwise softmax backward come on top, uncounted). The roofline
