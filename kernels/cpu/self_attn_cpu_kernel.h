@@ -579,6 +579,27 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
       dy_tiles(want_ds ? new T[B * n_qtiles * Cv * BQ] : nullptr);
   query_tiles(B, Cqk, Nq, f, p.f_sb, p.f_sc, BQ, f_tiles.get(), parallel_for);
   if (want_ds) query_tiles(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, BQ, dy_tiles.get(), parallel_for);
+  // The saved log-sum-exp of each query, split into T hi + lo so that p is as exact as the forward's, and
+  // D, both padded to nq_pad: the padded queries get lse = +inf, hence p = 0 and ds = 0. Once per call
+  // (every key tile reads them).
+  const std::unique_ptr<T[]> q_stats(new T[3 * B * nq_pad]);
+  T* lse_hi = q_stats.get();
+  T* lse_lo = lse_hi + B * nq_pad;
+  T* D_pad = lse_lo + B * nq_pad;
+  parallel_for(B, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin * nq_pad; i < end * nq_pad; ++i) {
+      const int64_t b = i / nq_pad, q = i % nq_pad;
+      if (q < Nq) {
+        const double l = lse[b * Nq + q];
+        lse_hi[i] = static_cast<T>(l);
+        lse_lo[i] = static_cast<T>(l - static_cast<double>(lse_hi[i]));
+        D_pad[i] = D[b * Nq + q];
+      } else {
+        lse_hi[i] = std::numeric_limits<T>::infinity();
+        lse_lo[i] = D_pad[i] = T(0);
+      }
+    }
+  });
   // Partial df of each (batch, key group), as Cqk x nq_pad: O(groups x Cqk x Nq), never O(Nq x Nk).
   // Each work item zeroes its own slice.
   const std::unique_ptr<T[]> df_part(want_df ? new T[B * n_groups * Cqk * nq_pad] : nullptr);
@@ -587,15 +608,12 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
     // Key-major tiles (one row per key, queries along the lanes): p^T, and dp^T turned into ds^T.
     std::vector<T> pt(BK * BQ), dst(BK * BQ), gk(Cqk * BK), hk(want_ds ? Cv * BK : 0);
     std::vector<T> dvT(BK * cv_pad), dgT(BK * cqk_pad);
-    std::vector<T> lse_hi(BQ), lse_lo(BQ), Dq(BQ);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / n_groups;
       const int64_t group = item % n_groups;
       T* dfp = want_df ? df_part.get() + item * Cqk * nq_pad : nullptr;
       if (want_df) std::fill(dfp, dfp + Cqk * nq_pad, T(0));
       const T* gb = g + b * p.g_sb;
-      const double* lseb = lse + b * Nq;
-      const T* Db = D + b * Nq;
       const int64_t kt_end = std::min(n_ktiles, (group + 1) * tiles_per_group);
       for (int64_t kt = group * tiles_per_group; kt < kt_end; ++kt) {
         const int64_t k0 = kt * BK;
@@ -606,25 +624,12 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
         std::fill(dgT.begin(), dgT.end(), T(0));
         for (int64_t q0 = 0; q0 < Nq; q0 += BQ) {
           const int64_t qn = std::min(BQ, Nq - q0);
-          // The saved log-sum-exp, split into T hi + lo so that p is as exact as the forward's; the
-          // padded queries get lse = +inf, hence p = 0 and ds = 0.
-          for (int64_t i = 0; i < BQ; ++i) {
-            if (i < qn) {
-              const double l = lseb[q0 + i];
-              lse_hi[i] = static_cast<T>(l);
-              lse_lo[i] = static_cast<T>(l - static_cast<double>(lse_hi[i]));
-              Dq[i] = Db[q0 + i];
-            } else {
-              lse_hi[i] = std::numeric_limits<T>::infinity();
-              lse_lo[i] = Dq[i] = T(0);
-            }
-          }
           const int64_t qt = b * n_qtiles + q0 / BQ;
           // p^T (kn x BQ) = exp(scale g_tile^T f_tile - lse), scores as the forward rounded them; the exp
           // taken in the product's epilogue, while each register of scores is still in hand.
-          const T* lhi = lse_hi.data();
-          const T* llo = lse_lo.data();
-          const T* dq = Dq.data();
+          const T* lhi = lse_hi + b * nq_pad + q0;
+          const T* llo = lse_lo + b * nq_pad + q0;
+          const T* dq = D_pad + b * nq_pad + q0;
           const T* pq = pt.data();
           auto store_p = [scale, lhi, llo](int64_t, int64_t n, Vec s, T* c) {
             if (scale != T(1)) s = s * scale;
