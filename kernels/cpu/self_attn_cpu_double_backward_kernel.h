@@ -29,8 +29,8 @@
 // (tests/python/test_double_backward.py checks these against autograd's second derivative of the
 // reference.) Four row statistics D, R, P, Q, O(B Nq), beside lse; no Nq x Nk buffer ever.
 //
-// Passes, each recomputing p from lse tile by tile as the backward does (scores rounded to T, then
-// exp of (score - lse_hi) - lse_lo), so p is the forward's:
+// Passes, each recomputing p from lse tile by tile as the backward does (base-2 scores from the
+// forward's f', then 2^((score - lse2_hi) - lse2_lo), lse2 = lse log2(e)), so p is the forward's:
 //   1. per (batch, query tile): D; over the key tiles R, P, Q; over the key tiles again d_f, d_dy.
 //   2. per (batch, key tile), after 1: over the query tiles d_g, d_h.
 // Every work item owns its outputs and sums in a fixed order: bitwise identical for any thread count.
@@ -56,6 +56,7 @@ void self_attn_double_backward_impl(const SelfAttnDoubleBackwardParams& p, const
   constexpr int64_t BK = CpuTileTraits<T>::kBlockK;
   const int64_t B = p.B, Cqk = p.Cqk, Cv = p.Cv, Nq = p.Nq, Nk = p.Nk;
   const T scale = static_cast<T>(p.scale);
+  const T qk = qk_scale<T>(p.scale);
   const T gamma = *static_cast<const T*>(p.gamma);
   const T ugamma = *static_cast<const T*>(p.ugamma);
   const T* dy = static_cast<const T*>(p.dy);
@@ -79,9 +80,9 @@ void self_attn_double_backward_impl(const SelfAttnDoubleBackwardParams& p, const
   // Per-thread tile state: p, dp, B (scaled) and E of a (query tile x key tile), BQ x BK row-major,
   // zero in the columns past the last key.
   struct Tiles {
-    std::vector<T> s, dp, bm, e, gpad, ugpad, hpad, uhpad;
+    std::vector<T> s, dp, bm, e, fq, gpad, ugpad, hpad, uhpad;
     Tiles(int64_t Cqk, int64_t Cv)
-        : s(BQ * BK), dp(BQ * BK), bm(BQ * BK), e(BQ * BK), gpad(Cqk * BK), ugpad(Cqk * BK),
+        : s(BQ * BK), dp(BQ * BK), bm(BQ * BK), e(BQ * BK), fq(Cqk * BQ), gpad(Cqk * BK), ugpad(Cqk * BK),
           hpad(Cv * BK), uhpad(Cv * BK) {}
   };
   auto compute_tiles = [&](Tiles& t, int64_t b, int64_t q0, int64_t qn, int64_t k0, int64_t kn) {
@@ -93,7 +94,9 @@ void self_attn_double_backward_impl(const SelfAttnDoubleBackwardParams& p, const
     const T* fb = f + b * p.f_sb + q0;
     const T* ufb = uf + b * Cqk * Nq + q0;
     const T* dyb = dy + b * p.dy_sb + q0;
-    gemm_tile<T>(qn, BK, Cqk, fb, 1, p.f_sc, gt, ldg, t.s.data(), BK, false);        // f^T g
+    copy_tile(fb, Cqk, p.f_sc, qn, BQ, t.fq.data());  // f', as the forward scales it (see qk_scale)
+    scale_row(t.fq.data(), Cqk * BQ, qk);
+    gemm_tile<T>(qn, BK, Cqk, t.fq.data(), 1, BQ, gt, ldg, t.s.data(), BK, false);   // f'^T g: base-2 scores
     gemm_tile<T>(qn, BK, Cv, dyb, 1, p.dy_sc, ht, ldh, t.dp.data(), BK, false);      // dy^T h
     gemm_tile<T>(qn, BK, Cqk, ufb, 1, Nq, gt, ldg, t.bm.data(), BK, false);          // uf^T g
     gemm_tile<T>(qn, BK, Cqk, fb, 1, p.f_sc, ugt, ldug, t.bm.data(), BK, true);      // + f^T ug
@@ -101,11 +104,10 @@ void self_attn_double_backward_impl(const SelfAttnDoubleBackwardParams& p, const
     const double* lseb = p.lse + b * Nq + q0;
     for (int64_t i = 0; i < qn; ++i) {
       T* srow = t.s.data() + i * BK;
-      const double l = lseb[i];
+      const double l = lseb[i] * kLog2e;
       const T l_hi = static_cast<T>(l);
       const T l_lo = static_cast<T>(l - static_cast<double>(l_hi));
-      scale_row(srow, kn, scale);
-      exp_row(srow, kn, l_hi, l_lo);
+      exp2_row(srow, kn, l_hi, l_lo);
       for (int64_t j = kn; j < BK; ++j) srow[j] = T(0);
       scale_row(t.bm.data() + i * BK, kn, scale);
     }

@@ -25,9 +25,9 @@
   template void self_attn_fwd_impl<double>(const SelfAttnFwdParams&, const ParallelFor&);  \
   template void self_attn_backward_impl<float>(const SelfAttnBackwardParams&, const ParallelFor&);   \
   template void self_attn_backward_impl<double>(const SelfAttnBackwardParams&, const ParallelFor&);   \
-  void exp_nonpositive_for_tests(const float* x, float* y, int64_t n) { /* exp_row with no shift */       \
+  void exp2_nonpositive_for_tests(const float* x, float* y, int64_t n) { /* exp2_row with no shift */     \
     std::copy(x, x + n, y);                                                                         \
-    exp_row(y, n, 0.0f, 0.0f);                                                                      \
+    exp2_row(y, n, 0.0f, 0.0f);                                                                     \
   }
 
 // The same, for self_attn_cpu_double_backward_kernel.h (its own instantiation files, built in parallel).
@@ -44,8 +44,8 @@ namespace sagan::kernels::cpu {
   void self_attn_backward_impl(const SelfAttnBackwardParams&, const ParallelFor&);        \
   template <typename T>                                                         \
   void self_attn_double_backward_impl(const SelfAttnDoubleBackwardParams&, const ParallelFor&); \
-  /* The kernels' exp on n floats (kernels/cpu/self_attn_cpu_kernel.h), for tests/cpp/test_cpu_exp.cpp. */ \
-  void exp_nonpositive_for_tests(const float* x, float* y, int64_t n);          \
+  /* The kernels' 2^x on n floats (kernels/cpu/self_attn_cpu_kernel.h), for tests/cpp/test_cpu_exp.cpp. */ \
+  void exp2_nonpositive_for_tests(const float* x, float* y, int64_t n);         \
   }
 SAGAN_DECLARE_CPU_KERNELS(isa_default)
 #if SAGAN_CPU_HAS_AVX2_BUILD

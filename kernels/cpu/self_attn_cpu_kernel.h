@@ -5,6 +5,7 @@
 //   s_ij = scale * sum_c f[c,i] g[c,j]              online softmax over key tiles (FlashAttention):
 //   m_i = max_j s_ij,  l_i = sum_j exp(s_ij - m_i)
 //   o[:,i] = (1 / l_i) sum_j exp(s_ij - m_i) h[:,j],  lse_i = m_i + log l_i,  y = gamma o + x
+// (all of it in base 2, on scores t = s log2(e): see qk_scale)
 // Backward, recomputing p_ij = exp(s_ij - lse_i) from the saved log-sum-exp (kept in float64 and
 // subtracted as float hi + lo, so p is as exact as the forward's for any size of logits):
 //   D_i = sum_c dy[c,i] o[c,i],  dgamma = sum_i D_i
@@ -55,75 +56,103 @@ inline void store_vec(T* p, typename VecOf<T>::type v) {
   *reinterpret_cast<typename VecOf<T>::unaligned*>(p) = v;
 }
 
-// exp for x <= 0 (what the kernels need: scores minus their running maximum), vectorised by hand:
-// Cody-Waite reduction to r in [-ln2/2, ln2/2], then exp(r) by a degree-6 polynomial, then times 2^n.
-// The polynomial 1 + r (1 + r (c2 + ... + c6 r)) is this project's own minimax fit of exp on that
-// interval for relative error (2.6e-9 in exact arithmetic). Evaluated in float32, the whole function is
-// within 1.19 ulp of exp for every float x in [-87, 0] where the build fuses multiply-adds, 1.48 ulp
-// where it does not (the x86-64 baseline), against float64 exp, checked exhaustively (the Cephes
-// degree-7 form it replaced: about 1.0 ulp either way, for 3 more vector operations); tests/cpp/test_cpu_exp.cpp
-// holds each build to its bound.
-// NaN propagates; -inf gives exactly 0. 2^n: where the
-// build has AVX-512, one vscalefps (which also keeps the subnormal results down to x ~ -103.3, after
-// clamping x at -104 so that r stays finite); elsewhere built in the exponent bits, flushing to 0
-// below x = -87 (exp(-87) ~ 1.6e-38). Either way 13 to 16 vector operations per register.
-template <typename V, typename U, typename S>
-inline V exp_nonpositive_lanes(V x) {
-#if SAGAN_CPU_VEC_BYTES == 64
-  constexpr bool kScalef = sizeof(V) == 64 && sizeof(S) == 4;
-#else
-  constexpr bool kScalef = false;
-#endif
-  const V lo = V{} + S(kScalef ? -104.0f : -87.0f);
-  // lo > x ? lo : x keeps a NaN x (the comparison is false).
-  if constexpr (kScalef) x = lo > x ? lo : x;
-  // Adding 1.5 * 2^23 rounds x * log2(e) to the nearest integer n and leaves n in the low bits. In
-  // the exponent-bits path, below -87 (or at -inf) n, r and those bits are garbage, and the last line
-  // replaces them by 0; unsigned bits, so that garbage wraps rather than overflows.
-  const V t = x * S(1.44269504088896341f) + S(12582912.0f);
-  const V n = t - S(12582912.0f);
-  const V r = (x - n * S(0.693359375f)) + n * S(2.12194440e-4f);
-  V p = V{} + S(1.40612409e-3f);
-  p = p * r + S(8.37901141e-3f);
-  p = p * r + S(4.16647755e-2f);
-  p = p * r + S(1.66663662e-1f);
-  p = p * r + S(5.00000060e-1f);
-  p = p * r + S(1.0f);
-  p = p * r + S(1.0f);
-#if SAGAN_CPU_VEC_BYTES == 64
-  // The masked form with every lane set: the plain one passes GCC 12 an undefined source it warns of.
-  if constexpr (kScalef) return _mm512_mask_scalef_ps(p, static_cast<__mmask16>(0xFFFF), p, n);
-#endif
-  U tu;
-  std::memcpy(&tu, &t, sizeof(tu));
-  const U pow2_bits = (tu - 0x4B400000u + 127u) << 23;
-  V pow2;
-  std::memcpy(&pow2, &pow2_bits, sizeof(pow2));
-  const V e = p * pow2;
-  return x < lo ? V{} : e;
+// 2^x for x <= 0 (what the kernels need: scores, in base-2 units, minus their running maximum),
+// vectorised by hand: x = n + r with n = x rounded to the nearest integer and r = x - n in
+// [-1/2, 1/2] (exact), then 2^r by a degree-6 polynomial, then times 2^n. The polynomial
+// 1 + r (c1 + r (c2 + ... + c6 r)) is this project's own minimax fit of 2^r on [-1/2, 1/2] for relative
+// error (3.0e-9 with its coefficients as rounded to float, each refitted after the previous one's
+// rounding), and gives 2^0 = 1 exactly. Where the build has AVX-512, r is one vreduceps and 2^n one
+// vscalefps (9 vector operations in all): -inf gives r = 0, n = -inf and 2^-inf = 0, results below
+// 2^-126 are kept as subnormals. Elsewhere adding 1.5 2^23 rounds x to n, and 2^n is built in the
+// exponent bits, flushing to 0 below x = -126 (14 operations). NaN propagates either way. Accuracy
+// against float64 exp2 over every float in [-126, 0], measured exhaustively: within 0.80 ulp where the
+// build fuses multiply-adds, 1.08 where it does not (the x86-64 baseline); tests/cpp/test_cpu_exp.cpp
+// holds each build to its bound. (The natural-base exp it replaced, with its Cody-Waite reduction,
+// took 13 operations with AVX-512 and was within 1.19 and 1.48 ulp.)
+template <typename V, typename S>
+inline V exp2_poly(V r) {
+  V p = V{} + S(1.53264715e-4f);
+  p = p * r + S(1.33908063e-3f);
+  p = p * r + S(9.61850584e-3f);
+  p = p * r + S(5.55035993e-2f);
+  p = p * r + S(2.40226477e-1f);
+  p = p * r + S(6.93147182e-1f);
+  return p * r + S(1.0f);
 }
 
-inline float exp_nonpositive(float x) { return exp_nonpositive_lanes<float, uint32_t, float>(x); }
-inline double exp_nonpositive(double x) { return std::exp(x); }
+template <typename V, typename U, typename S>
+inline V exp2_nonpositive_lanes(V x) {
+#if SAGAN_CPU_VEC_BYTES == 64
+  constexpr bool kAvx512 = sizeof(V) == 64 && sizeof(S) == 4;
+#else
+  constexpr bool kAvx512 = false;
+#endif
+  if constexpr (kAvx512) {
+#if SAGAN_CPU_VEC_BYTES == 64
+    const V r = _mm512_reduce_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const V p = exp2_poly<V, S>(r);
+    // The masked form with every lane set: the plain one passes GCC 12 an undefined source it warns of.
+    return _mm512_mask_scalef_ps(p, static_cast<__mmask16>(0xFFFF), p, x - r);
+#endif
+  } else {
+    // Adding 1.5 2^23 rounds x to the nearest integer n and leaves n in the low bits. Below -126 (or at
+    // -inf) n, r and those bits are garbage, and the last line replaces them by 0; unsigned bits, so
+    // that garbage wraps rather than overflows.
+    const V t = x + S(12582912.0f);
+    const V p = exp2_poly<V, S>(x - (t - S(12582912.0f)));
+    U tu;
+    std::memcpy(&tu, &t, sizeof(tu));
+    const U pow2_bits = (tu - 0x4B400000u + 127u) << 23;
+    V pow2;
+    std::memcpy(&pow2, &pow2_bits, sizeof(pow2));
+    const V e = p * pow2;
+    return x < S(-126.0f) ? V{} : e;
+  }
+}
 
-// v[j] = exp((v[j] - shift_hi) - shift_lo) for j < n. The shift comes in two parts so that a
-// float64 log-sum-exp (hi = its float rounding, lo = the rest) subtracts at full precision.
-inline void exp_row(float* v, int64_t n, float shift_hi, float shift_lo) {
+inline float exp2_nonpositive(float x) { return exp2_nonpositive_lanes<float, uint32_t, float>(x); }
+inline double exp2_nonpositive(double x) { return std::exp2(x); }
+
+// v[j] = 2^((v[j] - shift_hi) - shift_lo) for j < n. The shift comes in two parts so that a
+// float64 log-sum-exp (hi = its rounding to T, lo = the rest) subtracts at full precision.
+inline void exp2_row(float* v, int64_t n, float shift_hi, float shift_lo) {
   using Vec = VecOf<float>::type;
   constexpr int W = kLanes<float>;
   int64_t j = 0;
   for (; j + W <= n; j += W)
-    store_vec(v + j, exp_nonpositive_lanes<Vec, VecOf<float>::bits, float>(
+    store_vec(v + j, exp2_nonpositive_lanes<Vec, VecOf<float>::bits, float>(
                          (load_vec(v + j) - shift_hi) - shift_lo));
-  for (; j < n; ++j) v[j] = exp_nonpositive((v[j] - shift_hi) - shift_lo);
+  for (; j < n; ++j) v[j] = exp2_nonpositive((v[j] - shift_hi) - shift_lo);
 }
 
-inline void exp_row(double* v, int64_t n, double shift_hi, double shift_lo) {
-  for (int64_t j = 0; j < n; ++j) v[j] = std::exp((v[j] - shift_hi) - shift_lo);
+inline void exp2_row(double* v, int64_t n, double shift_hi, double shift_lo) {
+  for (int64_t j = 0; j < n; ++j) v[j] = std::exp2((v[j] - shift_hi) - shift_lo);
 }
 
-// Scores are scaled in place, rounded to T, before anything else: the backward recomputes exactly
-// the values the forward normalised.
+// 2^x of every lane of a register holding values <= 0 (or NaN): the polynomial in float, std::exp2
+// lane by lane in float64.
+inline VecOf<float>::type exp2_vec(VecOf<float>::type x) {
+  return exp2_nonpositive_lanes<VecOf<float>::type, VecOf<float>::bits, float>(x);
+}
+inline VecOf<double>::type exp2_vec(VecOf<double>::type x) {
+  for (int w = 0; w < kLanes<double>; ++w) x[w] = std::exp2(x[w]);
+  return x;
+}
+
+// The kernels take every softmax in base 2: the scores they normalise are t_ij = sum_c f'[c,i] g[c,j]
+// = s_ij log2(e), with f' = f rounded to T after a multiply by qk_scale = scale log2(e) (rounded to T
+// once, here), and exp(s - m) = 2^(t - m log2(e)). The multiply by log2(e) then costs nothing per
+// score, and the exp is the 8-operation 2^x above. Forward, backward and double backward all form f'
+// this way (scale_row on a copy of f), so that each recomputes exactly the scores the forward normalised;
+// the log-sum-exp they save and read stays in natural log units, in float64 (lse = lse2 ln 2).
+constexpr double kLog2e = 1.4426950408889634074;
+constexpr double kLn2 = 0.69314718055994530942;
+template <typename T>
+inline T qk_scale(double scale) {
+  return static_cast<T>(scale * kLog2e);
+}
+
+// v[j] *= scale for j < n, each product rounded to T.
 template <typename T>
 inline void scale_row(T* v, int64_t n, T scale) {
   for (int64_t j = 0; j < n; ++j) v[j] *= scale;
@@ -348,16 +377,6 @@ void row_dot_dy_o(int64_t B, int64_t Cv, int64_t Nq, const T* dy, int64_t dy_sb,
   });
 }
 
-// exp of every lane of a register holding values <= 0 (or NaN): the polynomial in float, std::exp
-// lane by lane in float64.
-inline VecOf<float>::type exp_vec(VecOf<float>::type x) {
-  return exp_nonpositive_lanes<VecOf<float>::type, VecOf<float>::bits, float>(x);
-}
-inline VecOf<double>::type exp_vec(VecOf<double>::type x) {
-  for (int w = 0; w < kLanes<double>; ++w) x[w] = std::exp(x[w]);
-  return x;
-}
-
 // dst (B, nq_pad / G, c_pad) = the (B, C, N) tensor src transposed, G consecutive queries to a row:
 // element (c, i) at row i / G, column c G + i % G, everything else zero. G = 1: channels contiguous,
 // the right-hand operand of dh^T; G = 2: query pairs, that of dg^T (see the backward). Built once per
@@ -396,7 +415,7 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
   constexpr int64_t BQ = CpuTileTraits<T>::kBlockQ;
   constexpr int64_t BK = CpuTileTraits<T>::kBlockK;
   const int64_t Cqk = p.Cqk, Cv = p.Cv, Nq = p.Nq, Nk = p.Nk;
-  const T scale = static_cast<T>(p.scale);
+  const T qk = qk_scale<T>(p.scale);
   const T gamma = *static_cast<const T*>(p.gamma);
   const int64_t n_qtiles = ceil_div(Nq, BQ);
   const T* f = static_cast<const T*>(p.f);
@@ -417,18 +436,17 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
       const int64_t q0 = (item % n_qtiles) * BQ;
       const int64_t qn = std::min(BQ, Nq - q0);
       copy_tile(f + b * p.f_sb + q0, Cqk, p.f_sc, qn, BQ, fq.data());
+      scale_row(fq.data(), Cqk * BQ, qk);
       std::fill(acc.begin(), acc.end(), T(0));
       std::fill(row_max.begin(), row_max.end(), kNegInf);
       std::fill(row_sum.begin(), row_sum.end(), T(0));
 
       for (int64_t k0 = 0; k0 < Nk; k0 += BK) {
         const int64_t kn = std::min(BK, Nk - k0);
-        // st (kn x BQ) = g_tile^T f_tile: one row per key, queries along the lanes; then scaled,
-        // rounded to T, before anything else (the backward recomputes exactly these values).
+        // st (kn x BQ) = g_tile^T f'_tile, the scores in base 2 (see qk_scale): one row per key,
+        // queries along the lanes.
         copy_tile(g + b * p.g_sb + k0, Cqk, p.g_sc, kn, BK, gk.data());
         gemm_tile<T>(kn, BQ, Cqk, gk.data(), 1, BK, fq.data(), BQ, st.data(), BQ, false);
-        if (scale != T(1))
-          for (int64_t e = 0; e < kn * BQ; e += L) store_vec(&st[e], load_vec(&st[e]) * scale);
         // Online softmax, lane by lane down the key rows: new running maximum, the rescale factor of
         // the old sums, the tile's exps and their sum. The maximum need not keep a NaN score (one
         // instruction, vmaxps, not three): that score's exp is NaN whatever the shift, and the row sum,
@@ -462,19 +480,19 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
         for (int v = 0; v < NQ; ++v) {
           if constexpr (KC == 2) mx[0][v] = mx[0][v] > mx[1][v] ? mx[0][v] : mx[1][v];
           // While every score of a query so far is -inf, shift by 0 instead of the maximum: the
-          // tile's exps and the rescale factor are then exp(-inf) = 0, never exp(-inf - -inf) = NaN,
+          // tile's exps and the rescale factor are then 2^-inf = 0, never 2^(-inf - -inf) = NaN,
           // so keys masked with -inf (or overflowing to it) in leading tiles get weight 0, as in the
           // reference. A query whose scores are -inf everywhere ends with row_sum = 0 and
           // o = 0 / 0 = NaN, and a NaN or +inf score gives NaN: both as the reference softmax has them.
           sh[v] = mx[0][v] == kNegInf ? Vec{} : mx[0][v];
-          store_vec(&alpha[v * L], exp_vec(load_vec(&row_max[v * L]) - sh[v]));
+          store_vec(&alpha[v * L], exp2_vec(load_vec(&row_max[v * L]) - sh[v]));
           store_vec(&row_max[v * L], mx[0][v]);
           sum[v] = Vec{};
         }
         for (int64_t j = 0; j < kn; ++j)
           SAGAN_UNROLL
           for (int v = 0; v < NQ; ++v) {
-            const Vec e = exp_vec(load_vec(&st[j * BQ + v * L]) - sh[v]);
+            const Vec e = exp2_vec(load_vec(&st[j * BQ + v * L]) - sh[v]);
             store_vec(&st[j * BQ + v * L], e);
             sum[v] += e;
           }
@@ -489,7 +507,7 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
       for (int64_t i = 0; i < qn; ++i) {
         // float64: in float32, lse ~ 2e3 (large SAGAN logits) would carry an error of ulp ~ 1e-4
         // into every recomputed probability of the backward.
-        lse[b * Nq + q0 + i] = static_cast<double>(row_max[i]) + std::log(static_cast<double>(row_sum[i]));
+        lse[b * Nq + q0 + i] = (static_cast<double>(row_max[i]) + std::log2(static_cast<double>(row_sum[i]))) * kLn2;
         alpha[i] = T(1) / row_sum[i];
       }
       for (int64_t c = 0; c < Cv; ++c) {
@@ -529,6 +547,7 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
   constexpr int64_t BK = CpuTileTraits<T>::kBackwardBlockK;
   const int64_t B = p.B, Cqk = p.Cqk, Cv = p.Cv, Nq = p.Nq, Nk = p.Nk;
   const T scale = static_cast<T>(p.scale);
+  const T qk = qk_scale<T>(p.scale);
   const T gamma = *static_cast<const T*>(p.gamma);
   const bool want_df = p.want_df, want_dg = p.want_dg, want_dh = p.want_dh;
   const bool want_ds = want_df || want_dg;  // the logits' gradient, and with it dp = h^T dy
@@ -578,8 +597,12 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
   const std::unique_ptr<T[]> f_tiles(new T[B * n_qtiles * Cqk * BQ]),
       dy_tiles(want_ds ? new T[B * n_qtiles * Cv * BQ] : nullptr);
   query_tiles(B, Cqk, Nq, f, p.f_sb, p.f_sc, BQ, f_tiles.get(), parallel_for);
+  parallel_for(B * n_qtiles, [&](int64_t begin, int64_t end) {  // f' of the base-2 scores (see qk_scale)
+    scale_row(f_tiles.get() + begin * Cqk * BQ, (end - begin) * Cqk * BQ, qk);
+  });
   if (want_ds) query_tiles(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, BQ, dy_tiles.get(), parallel_for);
-  // The saved log-sum-exp of each query, split into T hi + lo so that p is as exact as the forward's, and
+  // The saved log-sum-exp of each query in base 2 (lse2 = lse log2(e), in float64), split into T hi + lo so
+  // that p is as exact as the forward's, and
   // D, both padded to nq_pad: the padded queries get lse = +inf, hence p = 0 and ds = 0. Once per call
   // (every key tile reads them).
   const std::unique_ptr<T[]> q_stats(new T[3 * B * nq_pad]);
@@ -590,7 +613,7 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
     for (int64_t i = begin * nq_pad; i < end * nq_pad; ++i) {
       const int64_t b = i / nq_pad, q = i % nq_pad;
       if (q < Nq) {
-        const double l = lse[b * Nq + q];
+        const double l = lse[b * Nq + q] * kLog2e;
         lse_hi[i] = static_cast<T>(l);
         lse_lo[i] = static_cast<T>(l - static_cast<double>(lse_hi[i]));
         D_pad[i] = D[b * Nq + q];
@@ -625,15 +648,14 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
         for (int64_t q0 = 0; q0 < Nq; q0 += BQ) {
           const int64_t qn = std::min(BQ, Nq - q0);
           const int64_t qt = b * n_qtiles + q0 / BQ;
-          // p^T (kn x BQ) = exp(scale g_tile^T f_tile - lse), scores as the forward rounded them; the exp
-          // taken in the product's epilogue, while each register of scores is still in hand.
+          // p^T (kn x BQ) = 2^(g_tile^T f'_tile - lse2), the base-2 scores exactly as the forward formed
+          // them; the 2^x taken in the product's epilogue, while each register of scores is in hand.
           const T* lhi = lse_hi + b * nq_pad + q0;
           const T* llo = lse_lo + b * nq_pad + q0;
           const T* dq = D_pad + b * nq_pad + q0;
           const T* pq = pt.data();
-          auto store_p = [scale, lhi, llo](int64_t, int64_t n, Vec s, T* c) {
-            if (scale != T(1)) s = s * scale;
-            store_vec(c, exp_vec((s - load_vec(lhi + n)) - load_vec(llo + n)));
+          auto store_p = [lhi, llo](int64_t, int64_t n, Vec s, T* c) {
+            store_vec(c, exp2_vec((s - load_vec(lhi + n)) - load_vec(llo + n)));
           };
           gemm_tile<T>(kn, BQ, Cqk, gk.data(), 1, BK, f_tiles.get() + qt * Cqk * BQ, BQ, pt.data(), BQ, store_p);
           // ds^T / gamma (kn x BQ) = p^T (dp^T - D), dp^T = h_tile^T dy_tile contracted over the Cv value
