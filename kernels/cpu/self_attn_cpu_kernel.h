@@ -58,17 +58,18 @@ inline void store_vec(T* p, typename VecOf<T>::type v) {
 
 // 2^x for x <= 0 (what the kernels need: scores, in base-2 units, minus their running maximum),
 // vectorised by hand: x = n + r with n = x rounded to the nearest integer and r = x - n in
-// [-1/2, 1/2] (exact), then 2^r by a degree-6 polynomial, then times 2^n. The polynomial
-// 1 + r (c1 + r (c2 + ... + c6 r)) is this project's own minimax fit of 2^r on [-1/2, 1/2] for relative
-// error (3.0e-9 with its coefficients as rounded to float, each refitted after the previous one's
-// rounding), and gives 2^0 = 1 exactly. Where the build has AVX-512, r is one vreduceps and 2^n one
-// vscalefps (9 vector operations in all): -inf gives r = 0, n = -inf and 2^-inf = 0, results below
-// 2^-126 are kept as subnormals. Elsewhere adding 1.5 2^23 rounds x to n, and 2^n is built in the
-// exponent bits, flushing to 0 below x = -126 (14 operations). NaN propagates either way. Accuracy
-// against float64 exp2 over every float in [-126, 0], measured exhaustively: within 0.80 ulp where the
-// build fuses multiply-adds, 1.08 where it does not (the x86-64 baseline); tests/cpp/test_cpu_exp.cpp
-// holds each build to its bound. (The natural-base exp it replaced, with its Cody-Waite reduction,
-// took 13 operations with AVX-512 and was within 1.19 and 1.48 ulp.)
+// [-1/2, 1/2] (exact), then 2^r by a degree-6 polynomial, then times 2^n.
+// The polynomial 1 + r (c1 + r (c2 + ... + c6 r)) is this project's own minimax fit of 2^r on
+// [-1/2, 1/2] for relative error, scripts/fit_exp2.py: 3.0e-9 with its coefficients as rounded to
+// float, and 2^0 = 1 exactly.
+// Where the build has AVX-512, r is one vreduceps and 2^n one vscalefps (9 vector operations in all):
+// -inf gives r = 0, n = -inf and 2^-inf = 0; results below 2^-126 are kept as subnormals. Elsewhere
+// adding 1.5 2^23 rounds x to n, and 2^n is built in the exponent bits, flushing to 0 below x = -126
+// (14 operations). NaN propagates either way.
+// Accuracy against float64 exp2 over every float in [-126, 0], measured exhaustively: within 0.80 ulp
+// where the build fuses multiply-adds, 1.08 where it does not (the x86-64 baseline);
+// tests/cpp/test_cpu_exp.cpp holds each build to its bound. (The natural-base exp it replaced, with a
+// Cody-Waite reduction, took 13 operations with AVX-512 and was within 1.19 and 1.48 ulp.)
 template <typename V, typename S>
 inline V exp2_poly(V r) {
   V p = V{} + S(1.53264715e-4f);
