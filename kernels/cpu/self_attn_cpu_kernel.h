@@ -428,99 +428,113 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
   double* lse = p.lse;
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
 
-  parallel_for(p.B * n_qtiles, [&](int64_t begin, int64_t end) {
-    // Workspace of one thread: O(tile sizes x (Cqk + Cv)), independent of Nq and Nk.
-    std::vector<T> st(BK * BQ), acc(Cv * BQ), fq(Cqk * BQ), gk(Cqk * BK);
-    std::vector<T> row_max(BQ), row_sum(BQ), alpha(BQ), shift(BQ);
+  // Work items are (batch, group of consecutive query tiles): each key tile of g and h serves every
+  // query tile of the group while it is in the inner caches, so h streams from the outer caches a
+  // group's worth of times less often (see forward_query_group).
+  const int64_t group = forward_query_group(p.B, n_qtiles);
+  const int64_t n_items = ceil_div(n_qtiles, group);
+  parallel_for(p.B * n_items, [&](int64_t begin, int64_t end) {
+    // Workspace of one thread: O(tile sizes x (Cqk + Cv) x group), independent of Nq and Nk.
+    std::vector<T> st(BK * BQ), gk(Cqk * BK), acc(group * Cv * BQ), fq(group * Cqk * BQ);
+    std::vector<T> row_max(group * BQ), row_sum(group * BQ), alpha(BQ);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / n_qtiles;
-      const int64_t q0 = (item % n_qtiles) * BQ;
-      const int64_t qn = std::min(BQ, Nq - q0);
-      copy_tile(f + b * p.f_sb + q0, Cqk, p.f_sc, qn, BQ, fq.data());
-      scale_row(fq.data(), Cqk * BQ, qk);
+      const int64_t b = item / n_items;
+      const int64_t t0 = (item % n_items) * group;
+      const int64_t tn = std::min(group, n_qtiles - t0);
+      for (int64_t qt = 0; qt < tn; ++qt) {
+        const int64_t q0 = (t0 + qt) * BQ;
+        copy_tile(f + b * p.f_sb + q0, Cqk, p.f_sc, std::min(BQ, Nq - q0), BQ, fq.data() + qt * Cqk * BQ);
+        scale_row(fq.data() + qt * Cqk * BQ, Cqk * BQ, qk);
+      }
       std::fill(acc.begin(), acc.end(), T(0));
       std::fill(row_max.begin(), row_max.end(), kNegInf);
       std::fill(row_sum.begin(), row_sum.end(), T(0));
 
       for (int64_t k0 = 0; k0 < Nk; k0 += BK) {
         const int64_t kn = std::min(BK, Nk - k0);
-        // st (kn x BQ) = g_tile^T f'_tile, the scores in base 2 (see qk_scale): one row per key,
-        // queries along the lanes.
         copy_tile(g + b * p.g_sb + k0, Cqk, p.g_sc, kn, BK, gk.data());
-        gemm_tile<T>(kn, BQ, Cqk, gk.data(), 1, BK, fq.data(), BQ, st.data(), BQ, false);
-        // Online softmax, lane by lane down the key rows: new running maximum, the rescale factor of
-        // the old sums, the tile's exps and their sum. The maximum need not keep a NaN score (one
-        // instruction, vmaxps, not three): that score's exp is NaN whatever the shift, and the row sum,
-        // o and lse with it. Each pass walks the tile row by row with all of a row's registers at once
-        // (and, for the maxima, two chains: even and odd keys), so that the independent chains keep
-        // the vector units busy rather than wait on one register's latency.
-        constexpr int NQ = static_cast<int>(BQ / L);
-        constexpr int KC = NQ >= 8 ? 1 : 2;
-        Vec mx[KC][NQ];
-        SAGAN_UNROLL
-        for (int t = 0; t < KC; ++t)
-          SAGAN_UNROLL
-          for (int v = 0; v < NQ; ++v) mx[t][v] = load_vec(&row_max[v * L]);
-        int64_t j = 0;
-        for (; j + KC <= kn; j += KC)
+        for (int64_t qt = 0; qt < tn; ++qt) {
+          // st (kn x BQ) = g_tile^T f'_tile, the scores in base 2 (see qk_scale): one row per key,
+          // queries along the lanes.
+          gemm_tile<T>(kn, BQ, Cqk, gk.data(), 1, BK, fq.data() + qt * Cqk * BQ, BQ, st.data(), BQ, false);
+          // Online softmax, lane by lane down the key rows: new running maximum, the rescale factor of
+          // the old sums, the tile's exps and their sum. The maximum need not keep a NaN score (one
+          // instruction, vmaxps, not three): that score's exp is NaN whatever the shift, and the row sum,
+          // o and lse with it. Each pass walks the tile row by row with all of a row's registers at once
+          // (and, for the maxima, two chains: even and odd keys), so that the independent chains keep
+          // the vector units busy rather than wait on one register's latency.
+          constexpr int NQ = static_cast<int>(BQ / L);
+          constexpr int KC = NQ >= 8 ? 1 : 2;
+          Vec mx[KC][NQ];
           SAGAN_UNROLL
           for (int t = 0; t < KC; ++t)
             SAGAN_UNROLL
+            for (int v = 0; v < NQ; ++v) mx[t][v] = load_vec(&row_max[qt * BQ + v * L]);
+          int64_t j = 0;
+          for (; j + KC <= kn; j += KC)
+            SAGAN_UNROLL
+            for (int t = 0; t < KC; ++t)
+              SAGAN_UNROLL
+              for (int v = 0; v < NQ; ++v) {
+                const Vec s = load_vec(&st[(j + t) * BQ + v * L]);
+                mx[t][v] = mx[t][v] > s ? mx[t][v] : s;
+              }
+          for (; j < kn; ++j)
+            SAGAN_UNROLL
             for (int v = 0; v < NQ; ++v) {
-              const Vec s = load_vec(&st[(j + t) * BQ + v * L]);
-              mx[t][v] = mx[t][v] > s ? mx[t][v] : s;
+              const Vec s = load_vec(&st[j * BQ + v * L]);
+              mx[0][v] = mx[0][v] > s ? mx[0][v] : s;
             }
-        for (; j < kn; ++j)
+          Vec sh[NQ], sum[NQ];
           SAGAN_UNROLL
           for (int v = 0; v < NQ; ++v) {
-            const Vec s = load_vec(&st[j * BQ + v * L]);
-            mx[0][v] = mx[0][v] > s ? mx[0][v] : s;
+            if constexpr (KC == 2) mx[0][v] = mx[0][v] > mx[1][v] ? mx[0][v] : mx[1][v];
+            // While every score of a query so far is -inf, shift by 0 instead of the maximum: the
+            // tile's exps and the rescale factor are then 2^-inf = 0, never 2^(-inf - -inf) = NaN,
+            // so keys masked with -inf (or overflowing to it) in leading tiles get weight 0, as in the
+            // reference. A query whose scores are -inf everywhere ends with row_sum = 0 and
+            // o = 0 / 0 = NaN, and a NaN or +inf score gives NaN: both as the reference softmax has them.
+            sh[v] = mx[0][v] == kNegInf ? Vec{} : mx[0][v];
+            store_vec(&alpha[v * L], exp2_vec(load_vec(&row_max[qt * BQ + v * L]) - sh[v]));
+            store_vec(&row_max[qt * BQ + v * L], mx[0][v]);
+            sum[v] = Vec{};
           }
-        Vec sh[NQ], sum[NQ];
-        SAGAN_UNROLL
-        for (int v = 0; v < NQ; ++v) {
-          if constexpr (KC == 2) mx[0][v] = mx[0][v] > mx[1][v] ? mx[0][v] : mx[1][v];
-          // While every score of a query so far is -inf, shift by 0 instead of the maximum: the
-          // tile's exps and the rescale factor are then 2^-inf = 0, never 2^(-inf - -inf) = NaN,
-          // so keys masked with -inf (or overflowing to it) in leading tiles get weight 0, as in the
-          // reference. A query whose scores are -inf everywhere ends with row_sum = 0 and
-          // o = 0 / 0 = NaN, and a NaN or +inf score gives NaN: both as the reference softmax has them.
-          sh[v] = mx[0][v] == kNegInf ? Vec{} : mx[0][v];
-          store_vec(&alpha[v * L], exp2_vec(load_vec(&row_max[v * L]) - sh[v]));
-          store_vec(&row_max[v * L], mx[0][v]);
-          sum[v] = Vec{};
+          for (int64_t j = 0; j < kn; ++j)
+            SAGAN_UNROLL
+            for (int v = 0; v < NQ; ++v) {
+              const Vec e = exp2_vec(load_vec(&st[j * BQ + v * L]) - sh[v]);
+              store_vec(&st[j * BQ + v * L], e);
+              sum[v] += e;
+            }
+          SAGAN_UNROLL
+          for (int v = 0; v < NQ; ++v)
+            store_vec(&row_sum[qt * BQ + v * L], load_vec(&row_sum[qt * BQ + v * L]) * load_vec(&alpha[v * L]) + sum[v]);
+          // acc (Cv x BQ) = acc alpha (each query's rescale) + h_tile (Cv x kn) st (kn x BQ)
+          gemm_tile<T>(Cv, BQ, kn, h + b * p.h_sb + k0, p.h_sc, 1, st.data(), BQ, acc.data() + qt * Cv * BQ, BQ,
+                       RescaleAndAddToC<T>{alpha.data()});
         }
-        for (int64_t j = 0; j < kn; ++j)
-          SAGAN_UNROLL
-          for (int v = 0; v < NQ; ++v) {
-            const Vec e = exp2_vec(load_vec(&st[j * BQ + v * L]) - sh[v]);
-            store_vec(&st[j * BQ + v * L], e);
-            sum[v] += e;
-          }
-        SAGAN_UNROLL
-        for (int v = 0; v < NQ; ++v)
-          store_vec(&row_sum[v * L], load_vec(&row_sum[v * L]) * load_vec(&alpha[v * L]) + sum[v]);
-        // acc (Cv x BQ) = acc alpha (each query's rescale) + h_tile (Cv x kn) st (kn x BQ)
-        gemm_tile<T>(Cv, BQ, kn, h + b * p.h_sb + k0, p.h_sc, 1, st.data(), BQ, acc.data(), BQ,
-                     RescaleAndAddToC<T>{alpha.data()});
       }
 
-      for (int64_t i = 0; i < qn; ++i) {
-        // float64: in float32, lse ~ 2e3 (large SAGAN logits) would carry an error of ulp ~ 1e-4
-        // into every recomputed probability of the backward.
-        lse[b * Nq + q0 + i] = (static_cast<double>(row_max[i]) + std::log2(static_cast<double>(row_sum[i]))) * kLn2;
-        alpha[i] = T(1) / row_sum[i];
-      }
-      for (int64_t c = 0; c < Cv; ++c) {
-        const T* a = acc.data() + c * BQ;
-        T* oc = o + (b * Cv + c) * Nq + q0;
-        T* yc = y + (b * Cv + c) * Nq + q0;
-        for (int64_t i = 0; i < qn; ++i) oc[i] = a[i] * alpha[i];
-        if (x != nullptr) {
-          const T* xc = x + b * p.x_sb + c * p.x_sc + q0;
-          for (int64_t i = 0; i < qn; ++i) yc[i] = gamma * oc[i] + xc[i];
-        } else {
-          for (int64_t i = 0; i < qn; ++i) yc[i] = gamma * oc[i];
+      for (int64_t qt = 0; qt < tn; ++qt) {
+        const int64_t q0 = (t0 + qt) * BQ;
+        const int64_t qn = std::min(BQ, Nq - q0);
+        for (int64_t i = 0; i < qn; ++i) {
+          // float64: in float32, lse ~ 2e3 (large SAGAN logits) would carry an error of ulp ~ 1e-4
+          // into every recomputed probability of the backward.
+          lse[b * Nq + q0 + i] = (static_cast<double>(row_max[qt * BQ + i]) + std::log2(static_cast<double>(row_sum[qt * BQ + i]))) * kLn2;
+          alpha[i] = T(1) / row_sum[qt * BQ + i];
+        }
+        for (int64_t c = 0; c < Cv; ++c) {
+          const T* a = acc.data() + (qt * Cv + c) * BQ;
+          T* oc = o + (b * Cv + c) * Nq + q0;
+          T* yc = y + (b * Cv + c) * Nq + q0;
+          for (int64_t i = 0; i < qn; ++i) oc[i] = a[i] * alpha[i];
+          if (x != nullptr) {
+            const T* xc = x + b * p.x_sb + c * p.x_sc + q0;
+            for (int64_t i = 0; i < qn; ++i) yc[i] = gamma * oc[i] + xc[i];
+          } else {
+            for (int64_t i = 0; i < qn; ++i) yc[i] = gamma * oc[i];
+          }
         }
       }
     }

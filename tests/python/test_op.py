@@ -41,7 +41,9 @@ from op_testing import (
 # --------------------------------------------------------------------------------------------------
 # Forward + all gradients over awkward shapes, every dtype.
 # (id, B, Cqk, Cv, Nq, Nk, with_x, gamma_shape, scale). Tiles are 64 queries x 128 keys and register
-# blocks 6 x 16 (x 8 in float64): the sizes below hit ragged tiles and ragged register blocks.
+# blocks 6 x 16 (x 8 in float64): the sizes below hit ragged tiles and ragged register blocks. The CPU
+# forward's work items hold groups of 4, 2 or 1 query tiles (forward_query_group in
+# kernels/cpu/self_attn_cpu_traits.h): the fwd_groups cases have each size with a ragged last group.
 SHAPE_CASES = [
     ("N97prime_B2", 2, 8, 16, 97, 97, True, (), 1.0),
     ("N1025prime_B1_nox", 1, 3, 8, 1025, 1025, False, (1,), 1.0),
@@ -55,6 +57,9 @@ SHAPE_CASES = [
     ("tile_multiples_Nq128_Nk256", 2, 8, 16, 128, 256, False, (), -0.5),
     ("all_sizes_1", 1, 1, 1, 1, 1, True, (), 1.0),
     ("B5_Cqk12_Cv100_Nk37", 5, 12, 100, 150, 37, True, (), 0.3),
+    ("fwd_groups4_Nq4155", 1, 5, 24, 4155, 97, True, (), 1.0),  # 65 query tiles: 16 groups of 4, then 1
+    ("fwd_groups2_Nq2055_nox", 1, 3, 16, 2055, 130, False, (1,), 0.5),  # 33 tiles: groups of 2, then 1
+    ("fwd_groups4_B16_Nq100", 16, 4, 8, 100, 50, True, (), 1.0),  # 2 tiles per image, in groups of 4
 ]
 
 
