@@ -11,7 +11,7 @@
 //   D_i = sum_c dy[c,i] o[c,i],  dgamma = sum_i D_i
 //   dh[:,j] = gamma sum_i dy[:,i] p_ij,  dp_ij = sum_c dy[c,i] h[c,j],  ds_ij = p_ij (dp_ij - D_i)
 //   df[:,i] = gamma scale sum_j ds_ij g[:,j],  dg[:,j] = gamma scale sum_i ds_ij f[:,i]
-// Work is split over (batch, query tile) forward and (batch, key group) backward; every item owns
+// Work is split over (batch, group of query tiles) forward and (batch, key group) backward; every item owns
 // its outputs, so no atomics and no dependence on the thread count.
 //
 // The includer must have included <algorithm> <cmath> <cstdint> <cstring> <limits> <memory> <vector> and
