@@ -56,8 +56,8 @@ void check_self_attn_layouts(const at::Tensor& f, const at::Tensor& g, const at:
 
 double self_attn_max_scale(at::ScalarType dtype) {
   constexpr double kLog2e = 1.4426950408889634074;
-  return dtype == at::kDouble ? std::numeric_limits<double>::max()
-                              : static_cast<double>(std::numeric_limits<float>::max()) / kLog2e;
+  return (dtype == at::kDouble ? std::numeric_limits<double>::max()
+                               : static_cast<double>(std::numeric_limits<float>::max())) / kLog2e;
 }
 
 at::ScalarType self_attn_accum_type(at::ScalarType dtype) {

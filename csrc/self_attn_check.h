@@ -18,9 +18,9 @@ void check_self_attn_args(const at::Tensor& f, const at::Tensor& g, const at::Te
 void check_self_attn_layouts(const at::Tensor& f, const at::Tensor& g, const at::Tensor& h,
                              const std::optional<at::Tensor>& x, const at::Tensor& gamma);
 
-// The largest |scale| the kernels accept for inputs of this dtype: every backend but float64 computes
-// in float32 and multiplies scale by log2(e) (the CUDA kernels use exp2), so scale * log2(e) must be
-// a finite float32; float64 kernels only need scale finite.
+// The largest |scale| the kernels accept for inputs of this dtype: every backend multiplies scale by
+// log2(e) (the kernels take the softmax in base 2) in its compute type, float32 for every dtype but
+// float64, so scale * log2(e) must be finite in that type.
 double self_attn_max_scale(at::ScalarType dtype);
 
 // Checks of the backward op's extra arguments against the forward ones.

@@ -286,7 +286,7 @@ LOW_DTYPES = [(torch.float32, "Float"), (torch.bfloat16, "BFloat16"), (torch.flo
 @pytest.mark.parametrize("scale", [1e39, -1e39, 2.4e38])
 def test_scale_beyond_float32_is_rejected(scale, dtype, name, device):
     """1e39 is a finite double but inf in float32, where these dtypes compute: it used to turn y into
-    NaN. The bound is float32's max / log2(e) = 2.3587e38 (the CUDA kernels use exp2)."""
+    NaN. The bound is float32's max / log2(e) = 2.3587e38 (the kernels take the softmax in base 2)."""
     args = good(device, scale=scale, **{k: v.to(dtype) for k, v in good().items() if isinstance(v, torch.Tensor)})
     with pytest.raises(ValueError, match=rf"self_attn: scale must satisfy \|scale\| <= 2.3586\de\+38 for {name} inputs"):
         call(args)
@@ -302,6 +302,12 @@ def test_scale_bound_is_inclusive_and_float64_has_its_own(device):
     args64["scale"] = 1e39  # fine in float64: the float64 kernels compute in float64
     y = call(args64)
     assert not torch.isinf(y).all()
+    # float64's own bound, float64's max / log2(e) = 1.2461e308: scale * log2(e) must stay finite there.
+    args64["scale"] = 1.7976931348623157e308 / 1.4426950408889634 * (1 - 1e-12)
+    call(args64)  # accepted (its logits overflow, as the reference's do)
+    args64["scale"] = 1.3e308
+    with pytest.raises(ValueError, match=r"self_attn: scale must satisfy \|scale\| <= 1.2460\de\+308 for Double inputs"):
+        call(args64)
 
 
 def fgh(device):
