@@ -1,7 +1,7 @@
 """The CPU kernels against the machine's matmul rate: GFLOP/s over a (Cqk, Cv) grid, SDPA's CPU flash
 attention head to head, thread scaling, and bfloat16 against float32, in one run.
 
-    python -m bench.cpu_kernels                 # about 4 minutes on 2 cores
+    python -m bench.cpu_kernels                 # about 2 minutes on 2 cores
     python -m bench.cpu_kernels --quick         # one shape of each part (a smoke test)
 
 Forward and backward are timed separately at the op level (torch.ops.sagan.self_attn_fwd and
