@@ -508,7 +508,8 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
             }
           SAGAN_UNROLL
           for (int v = 0; v < NQ; ++v)
-            store_vec(&row_sum[qt * BQ + v * L], load_vec(&row_sum[qt * BQ + v * L]) * load_vec(&alpha[v * L]) + sum[v]);
+            store_vec(&row_sum[qt * BQ + v * L],
+                      load_vec(&row_sum[qt * BQ + v * L]) * load_vec(&alpha[v * L]) + sum[v]);
           // acc (Cv x BQ) = acc alpha (each query's rescale) + h_tile (Cv x kn) st (kn x BQ)
           gemm_tile<T>(Cv, BQ, kn, h + b * p.h_sb + k0, p.h_sc, 1, st.data(), BQ, acc.data() + qt * Cv * BQ, BQ,
                        RescaleAndAddToC<T>{alpha.data()});
@@ -521,7 +522,8 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
         for (int64_t i = 0; i < qn; ++i) {
           // float64: in float32, lse ~ 2e3 (large SAGAN logits) would carry an error of ulp ~ 1e-4
           // into every recomputed probability of the backward.
-          lse[b * Nq + q0 + i] = (static_cast<double>(row_max[qt * BQ + i]) + std::log2(static_cast<double>(row_sum[qt * BQ + i]))) * kLn2;
+          lse[b * Nq + q0 + i] =
+              (static_cast<double>(row_max[qt * BQ + i]) + std::log2(static_cast<double>(row_sum[qt * BQ + i]))) * kLn2;
           alpha[i] = T(1) / row_sum[qt * BQ + i];
         }
         for (int64_t c = 0; c < Cv; ++c) {

@@ -43,9 +43,9 @@ struct CpuRegisterBlock {
 // each key tile of g and h while it is in the inner caches: h then streams from the outer caches a
 // group's worth of times less often (measured, AVX-512, one thread, B = 1, N = 4096, interleaved with
 // the ungrouped kernel: 9-15% faster at Cv >= 128, 3% at (Cqk, Cv) = (8, 64); more where the
-// neighbours load the shared cache). Groups shrink (4, 2, 1) where they would leave fewer than kForwardMinItems work items, so
-// that small batches still spread over the cores. Results do not depend on the grouping: every query
-// tile's arithmetic is the same in any group.
+// neighbours load the shared cache). Groups shrink (4, 2, 1) where they would leave fewer than
+// kForwardMinItems work items, so that small batches still spread over the cores. Results do not
+// depend on the grouping: every query tile's arithmetic is the same in any group.
 constexpr int64_t kForwardQueryGroup = 4;
 constexpr int64_t kForwardMinItems = 16;
 inline int64_t forward_query_group(int64_t B, int64_t n_qtiles) {
