@@ -94,8 +94,7 @@ void self_attn_double_backward_impl(const SelfAttnDoubleBackwardParams& p, const
     const T* fb = f + b * p.f_sb + q0;
     const T* ufb = uf + b * Cqk * Nq + q0;
     const T* dyb = dy + b * p.dy_sb + q0;
-    copy_tile(fb, Cqk, p.f_sc, qn, BQ, t.fq.data());  // f', as the forward scales it (see qk_scale)
-    scale_row(t.fq.data(), Cqk * BQ, qk);
+    copy_tile_scaled(fb, Cqk, p.f_sc, qn, BQ, qk, t.fq.data());  // f', as the forward forms it (see qk_scale)
     gemm_tile<T>(qn, BK, Cqk, t.fq.data(), 1, BQ, gt, ldg, t.s.data(), BK, false);   // f'^T g: base-2 scores
     gemm_tile<T>(qn, BK, Cv, dyb, 1, p.dy_sc, ht, ldh, t.dp.data(), BK, false);      // dy^T h
     gemm_tile<T>(qn, BK, Cqk, ufb, 1, Nq, gt, ldg, t.bm.data(), BK, false);          // uf^T g

@@ -143,8 +143,8 @@ inline VecOf<double>::type exp2_vec(VecOf<double>::type x) {
 // The kernels take every softmax in base 2: the scores they normalise are t_ij = sum_c f'[c,i] g[c,j]
 // = s_ij log2(e), with f' = f rounded to T after a multiply by qk_scale = scale log2(e) (rounded to T
 // once, here), and exp(s - m) = 2^(t - m log2(e)). The multiply by log2(e) then costs nothing per
-// score, and the exp is the 8-operation 2^x above. Forward, backward and double backward all form f'
-// this way (scale_row on a copy of f), so that each recomputes exactly the scores the forward normalised;
+// score, and the exp is the 9-operation 2^x above. Forward, backward and double backward all form f'
+// this way (copy_tile_scaled), so that each recomputes exactly the scores the forward normalised;
 // the log-sum-exp they save and read stays in natural log units, in float64 (lse = lse2 ln 2).
 constexpr double kLog2e = 1.4426950408889634074;
 constexpr double kLn2 = 0.69314718055994530942;
@@ -331,6 +331,16 @@ void copy_tile(const T* src, int64_t rows, int64_t ld, int64_t width, int64_t pa
   }
 }
 
+// The same, each element times scale (rounded to T), in the same pass: how every kernel builds the
+// query tiles f' of the base-2 scores (see qk_scale).
+template <typename T>
+void copy_tile_scaled(const T* src, int64_t rows, int64_t ld, int64_t width, int64_t padded, T scale, T* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < width; ++j) dst[r * padded + j] = src[r * ld + j] * scale;
+    std::fill(dst + r * padded + width, dst + (r + 1) * padded, T(0));
+  }
+}
+
 // A rows x padded tile starting at src (row-major, leading dimension ld) whose first `width` columns
 // are real: src itself when the tile is whole (width == padded), else a copy in pad with the
 // missing columns zeroed. *ld_out receives the returned tile's leading dimension.
@@ -346,16 +356,16 @@ const T* padded_tile(const T* src, int64_t rows, int64_t ld, int64_t width, int6
   return pad;
 }
 
-// dst (B, n_tiles, C, BQ) = the (B, C, N) tensor src cut into query tiles of BQ columns, each
-// contiguous and the last zero-padded: built once per backward call, read once per key tile.
+// dst (B, n_tiles, C, BQ) = the (B, C, N) tensor src, times scale, cut into query tiles of BQ columns,
+// each contiguous and the last zero-padded: built once per backward call, read once per key tile.
 template <typename T>
-void query_tiles(int64_t B, int64_t C, int64_t N, const T* src, int64_t sb, int64_t sc, int64_t BQ, T* dst,
-                 const ParallelFor& parallel_for) {
+void query_tiles(int64_t B, int64_t C, int64_t N, const T* src, int64_t sb, int64_t sc, int64_t BQ, T scale,
+                 T* dst, const ParallelFor& parallel_for) {
   const int64_t n_tiles = ceil_div(N, BQ);
   parallel_for(B * n_tiles, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / n_tiles, q0 = (item % n_tiles) * BQ;
-      copy_tile(src + b * sb + q0, C, sc, std::min(BQ, N - q0), BQ, dst + item * C * BQ);
+      copy_tile_scaled(src + b * sb + q0, C, sc, std::min(BQ, N - q0), BQ, scale, dst + item * C * BQ);
     }
   });
 }
@@ -443,8 +453,8 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
       const int64_t tn = std::min(group, n_qtiles - t0);
       for (int64_t qt = 0; qt < tn; ++qt) {
         const int64_t q0 = (t0 + qt) * BQ;
-        copy_tile(f + b * p.f_sb + q0, Cqk, p.f_sc, std::min(BQ, Nq - q0), BQ, fq.data() + qt * Cqk * BQ);
-        scale_row(fq.data() + qt * Cqk * BQ, Cqk * BQ, qk);
+        copy_tile_scaled(f + b * p.f_sb + q0, Cqk, p.f_sc, std::min(BQ, Nq - q0), BQ, qk,
+                         fq.data() + qt * Cqk * BQ);
       }
       std::fill(acc.begin(), acc.end(), T(0));
       std::fill(row_max.begin(), row_max.end(), kNegInf);
@@ -613,11 +623,8 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
   const int64_t n_qtiles = nq_pad / BQ;
   const std::unique_ptr<T[]> f_tiles(new T[B * n_qtiles * Cqk * BQ]),
       dy_tiles(want_ds ? new T[B * n_qtiles * Cv * BQ] : nullptr);
-  query_tiles(B, Cqk, Nq, f, p.f_sb, p.f_sc, BQ, f_tiles.get(), parallel_for);
-  parallel_for(B * n_qtiles, [&](int64_t begin, int64_t end) {  // f' of the base-2 scores (see qk_scale)
-    scale_row(f_tiles.get() + begin * Cqk * BQ, (end - begin) * Cqk * BQ, qk);
-  });
-  if (want_ds) query_tiles(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, BQ, dy_tiles.get(), parallel_for);
+  query_tiles(B, Cqk, Nq, f, p.f_sb, p.f_sc, BQ, qk, f_tiles.get(), parallel_for);  // f' (see qk_scale)
+  if (want_ds) query_tiles(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, BQ, T(1), dy_tiles.get(), parallel_for);
   // The saved log-sum-exp of each query in base 2 (lse2 = lse log2(e), in float64), split into T hi + lo so
   // that p is as exact as the forward's, and
   // D, both padded to nq_pad: the padded queries get lse = +inf, hence p = 0 and ds = 0. Once per call
