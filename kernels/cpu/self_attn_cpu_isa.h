@@ -8,6 +8,9 @@
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define SAGAN_CPU_HAS_AVX2_BUILD 1
 #define SAGAN_CPU_HAS_AVX512_BUILD 1
+// The intrinsics self_attn_cpu_kernel.h uses (maxps in every build's 2^x, vscalefps with AVX-512), here,
+// before the instantiation files switch the target: each function is compiled for its own.
+#include <immintrin.h>
 #else
 #define SAGAN_CPU_HAS_AVX2_BUILD 0
 #define SAGAN_CPU_HAS_AVX512_BUILD 0

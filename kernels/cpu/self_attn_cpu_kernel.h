@@ -64,8 +64,9 @@ inline void store_vec(T* p, typename VecOf<T>::type v) {
 // float, and 2^0 = 1 exactly.
 // Where the build has AVX-512, r is one vreduceps and 2^n one vscalefps (9 vector operations in all):
 // -inf gives r = 0, n = -inf and 2^-inf = 0; results below 2^-126 are kept as subnormals. Elsewhere
-// adding 1.5 2^23 rounds x to n, and 2^n is built in the exponent bits, flushing to 0 below x = -126
-// (14 operations). NaN propagates either way.
+// x is clamped to -127, adding 1.5 2^23 rounds it to n, and n is added into the exponent field of
+// 2^r's bits (12 operations): 0 at x <= -127, below 2^-126 between -127 and -126. NaN propagates
+// either way.
 // Accuracy against float64 exp2 over every float in [-126, 0], measured exhaustively: within 0.80 ulp
 // where the build fuses multiply-adds, 1.08 where it does not (the x86-64 baseline);
 // tests/cpp/test_cpu_exp.cpp holds each build to its bound. (The natural-base exp it replaced, with a
@@ -79,6 +80,19 @@ inline V exp2_poly(V r) {
   p = p * r + S(2.40226477e-1f);
   p = p * r + S(6.93147182e-1f);
   return p * r + S(1.0f);
+}
+
+// lo > x ? lo : x lane by lane, for floats (x where x is NaN): one maxps. GCC compiles the comparison
+// itself to a compare and a blend where lo is a constant, hence the intrinsics on x86.
+template <typename V, typename S>
+inline V max_keep_nan(V lo, V x) {
+#if SAGAN_CPU_HAS_AVX2_BUILD && SAGAN_CPU_VEC_BYTES >= 32
+  if constexpr (sizeof(V) == 32 && sizeof(S) == 4) return _mm256_max_ps(lo, x);
+#endif
+#if SAGAN_CPU_HAS_AVX2_BUILD
+  if constexpr (sizeof(V) == 16 && sizeof(S) == 4) return _mm_max_ps(lo, x);
+#endif
+  return lo > x ? lo : x;
 }
 
 template <typename V, typename U, typename S>
@@ -96,18 +110,24 @@ inline V exp2_nonpositive_lanes(V x) {
     return _mm512_mask_scalef_ps(p, static_cast<__mmask16>(0xFFFF), p, x - r);
 #endif
   } else {
-    // Adding 1.5 2^23 rounds x to the nearest integer n and leaves n in the low bits. Below -126 (or at
-    // -inf) n, r and those bits are garbage, and the last line replaces them by 0; unsigned bits, so
-    // that garbage wraps rather than overflows.
-    const V t = x + S(12582912.0f);
-    const V p = exp2_poly<V, S>(x - (t - S(12582912.0f)));
-    U tu;
+    // x is clamped to [-127, 0] first (max_keep_nan: a NaN x stays NaN). Adding 1.5 2^23 then rounds
+    // it to the nearest integer n and leaves n in the low bits of t; t's bits shifted up by 23 are n's
+    // in the exponent field (those of 1.5 2^23, bit 22 and up, are shifted out), and adding them to
+    // the bits of p = 2^r in [2^-1/2, 2^1/2] makes p 2^n, exact wherever that is a normal float: the
+    // same results as multiplying by 2^n, without building 2^n, and without a compare and a blend for
+    // the range (measured on AMD Zen 3: 20% faster than that form). At x <= -127 (and -inf) r = 0,
+    // p = 1 exactly and the sum is 0; only x in (-127, -126) gives a result of the wrong value, below
+    // 2^-126 (a subnormal or 0). Unsigned bits: that sum wraps.
+    const V xc = max_keep_nan<V, S>(V{} + S(-127.0f), x);
+    const V t = xc + S(12582912.0f);
+    const V p = exp2_poly<V, S>(xc - (t - S(12582912.0f)));
+    U tu, pu;
     std::memcpy(&tu, &t, sizeof(tu));
-    const U pow2_bits = (tu - 0x4B400000u + 127u) << 23;
-    V pow2;
-    std::memcpy(&pow2, &pow2_bits, sizeof(pow2));
-    const V e = p * pow2;
-    return x < S(-126.0f) ? V{} : e;
+    std::memcpy(&pu, &p, sizeof(pu));
+    const U e_bits = pu + (tu << 23);
+    V e;
+    std::memcpy(&e, &e_bits, sizeof(e));
+    return e;
   }
 }
 

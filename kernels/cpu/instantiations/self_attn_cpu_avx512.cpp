@@ -11,7 +11,6 @@
 #include "kernels/cpu/self_attn_cpu_isa.h"
 
 #if SAGAN_CPU_HAS_AVX512_BUILD
-#include <immintrin.h>  // _mm512_scalef_ps (the exp of self_attn_cpu_kernel.h)
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))), apply_to = function)
 #else
