@@ -44,6 +44,8 @@ from op_testing import (
 # blocks 6 x 16 (x 8 in float64): the sizes below hit ragged tiles and ragged register blocks. The CPU
 # forward's work items hold groups of 4, 2 or 1 query tiles (forward_query_group in
 # kernels/cpu/self_attn_cpu_traits.h): the fwd_groups cases have each size with a ragged last group.
+# The CPU backward splits each image's key tiles (192 keys) into min(ceil(32 / B), tiles) key groups
+# whose sizes differ by at most one: bwd_groups has 7 key tiles in 2 groups, 3 + 4.
 SHAPE_CASES = [
     ("N97prime_B2", 2, 8, 16, 97, 97, True, (), 1.0),
     ("N1025prime_B1_nox", 1, 3, 8, 1025, 1025, False, (1,), 1.0),
@@ -60,6 +62,7 @@ SHAPE_CASES = [
     ("fwd_groups4_Nq4155", 1, 5, 24, 4155, 97, True, (), 1.0),  # 65 query tiles: 16 groups of 4, then 1
     ("fwd_groups2_Nq2055_nox", 1, 3, 16, 2055, 130, False, (1,), 0.5),  # 33 tiles: groups of 2, then 1
     ("fwd_groups4_B16_Nq100", 16, 4, 8, 100, 50, True, (), 1.0),  # 2 tiles per image, in groups of 4
+    ("bwd_groups_B16_Nk1201", 16, 4, 8, 30, 1201, True, (), 1.0),
 ]
 
 
