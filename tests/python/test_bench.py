@@ -159,7 +159,10 @@ def test_flex_on_a_small_shape(tmp_path):
 
     cfg = sweep.Config(sweep._parser().parse_args(
         ["--device", "cpu", "--repeats", "1", "--only", f"{FLEX},{FUSED}", "--no-progress", "--out", str(tmp_path)]))
-    shape = shapes.Shape("flex-check", "", "models", 2, 64, 8, 12, shapes.KV_POOLED)  # Cqk 8, Cv 64, Nk 24
+    # Cqk 8, Cv 64, Nq 128, Nk 32. Not 8 x 12 (Nk 24): there torch 2.13's compiled FlexAttention returns wrong
+    # values on an AVX2 CPU (AMD EPYC, Zen 3: max error 2.2 against float64, eager flex_attention right; Nk
+    # 32, 64, 96 and 128 right), and the sweep's oracle check duly marks it "wrong".
+    shape = shapes.Shape("flex-check", "", "models", 2, 64, 8, 16, shapes.KV_POOLED)
     results = {r["impl"]: r for r in sweep.run_item(shape, "float32", cfg, matmul=1.0)}
     flex = results[FLEX]
     if flex["status"].startswith("n/a"):

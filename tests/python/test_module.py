@@ -113,8 +113,15 @@ def test_notebook_state_dict_loads_and_y_matches_float32(notebook_cls, device):
         err = (ours_t.double() - ref_t).abs().max().item()
         nb_err = (nb_t.double() - ref_t).abs().max().item()
         # inputs and weights are O(1), so values of O(1) enter every sum: the floor is a few float32 ulps of
-        # max(1, |ref|) (gradients that are 0 analytically, like g.bias's, still carry that much noise)
+        # max(1, |ref|)
         floor = 4 * eps * max(1.0, ref_t.abs().max().item())
+        if ref_t.abs().max().item() < 1e-9:
+            # 0 analytically (g.bias's: the softmax ignores a constant added to a query's scores), so both
+            # values are pure rounding noise of a sum over B N = 192 positions of O(1) terms, about
+            # sqrt(192) = 14 ulps for a random walk. The notebook's softmax backward subtracts sum_j p dp from
+            # its own p dp and cancels closer (3 ulps); ours subtracts D = sum_c dy o, as FlashAttention
+            # does: 6 ulps in the baseline build, 11 with AVX2's fused multiply-adds.
+            floor = 16 * eps
         assert err <= 2 * nb_err + floor, f"{name}: fused error {err:.3g}, notebook float32 error {nb_err:.3g}"
 
 
