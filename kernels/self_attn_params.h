@@ -22,8 +22,9 @@ using ParallelFor =
 //
 // Strides are in elements. The last (N) dimension of every tensor is contiguous (stride 1);
 // the glue makes a copy only when an input's N stride is not 1. "Storage dtype" is the dtype of the
-// tensors the kernel reads: the input dtype on CUDA; on the CPU, which converts bfloat16/float16 inputs
-// to float32 first, the compute dtype. "Accumulate dtype" is float64 for float64 inputs, else float32.
+// tensors the kernel reads: the input dtype on CUDA, and in the CPU forward and backward but for
+// float16, which the CPU glue converts to float32 first, as it does every low-precision input of the
+// CPU double backward. "Accumulate dtype" is float64 for float64 inputs, else float32.
 // Pointers are host memory for the CPU kernels and device memory for the CUDA kernels.
 struct SelfAttnFwdParams {
   int64_t B = 0, Cqk = 0, Cv = 0, Nq = 0, Nk = 0;

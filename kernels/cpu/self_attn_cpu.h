@@ -2,11 +2,14 @@
 // best instruction set this CPU has (AVX-512 or AVX2+FMA builds on x86-64 where the CPU supports them).
 #pragma once
 
+#include "kernels/cpu/self_attn_cpu_traits.h"
 #include "kernels/self_attn_params.h"
 
 namespace sagan::kernels::cpu {
 
-// T is the compute type: float (also for bfloat16/float16 inputs, which the glue converts) or double.
+// T is the storage type of the tensors the kernels read and write (lse aside, float64): float, double,
+// or BFloat16Storage (self_attn_cpu_traits.h), computed in float. float16 inputs are converted to float
+// by the glue.
 template <typename T>
 void self_attn_fwd(const SelfAttnFwdParams& params, const ParallelFor& parallel_for);
 
@@ -14,7 +17,7 @@ template <typename T>
 void self_attn_backward(const SelfAttnBackwardParams& params, const ParallelFor& parallel_for);
 
 // The backward's VJP (double backward), for gradient penalties (see
-// self_attn_cpu_double_backward_kernel.h).
+// self_attn_cpu_double_backward_kernel.h): T float or double, bfloat16 converted by the glue.
 template <typename T>
 void self_attn_double_backward(const SelfAttnDoubleBackwardParams& params, const ParallelFor& parallel_for);
 

@@ -90,6 +90,8 @@ template void self_attn_fwd<float>(const SelfAttnFwdParams&, const ParallelFor&)
 template void self_attn_fwd<double>(const SelfAttnFwdParams&, const ParallelFor&);
 template void self_attn_backward<float>(const SelfAttnBackwardParams&, const ParallelFor&);
 template void self_attn_backward<double>(const SelfAttnBackwardParams&, const ParallelFor&);
+template void self_attn_fwd<BFloat16Storage>(const SelfAttnFwdParams&, const ParallelFor&);
+template void self_attn_backward<BFloat16Storage>(const SelfAttnBackwardParams&, const ParallelFor&);
 template void self_attn_double_backward<float>(const SelfAttnDoubleBackwardParams&, const ParallelFor&);
 template void self_attn_double_backward<double>(const SelfAttnDoubleBackwardParams&, const ParallelFor&);
 

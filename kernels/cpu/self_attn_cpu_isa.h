@@ -28,6 +28,8 @@
   template void self_attn_fwd_impl<double>(const SelfAttnFwdParams&, const ParallelFor&);  \
   template void self_attn_backward_impl<float>(const SelfAttnBackwardParams&, const ParallelFor&);   \
   template void self_attn_backward_impl<double>(const SelfAttnBackwardParams&, const ParallelFor&);   \
+  template void self_attn_fwd_impl<BFloat16Storage>(const SelfAttnFwdParams&, const ParallelFor&);   \
+  template void self_attn_backward_impl<BFloat16Storage>(const SelfAttnBackwardParams&, const ParallelFor&); \
   void exp2_nonpositive_for_tests(const float* x, float* y, int64_t n) { /* exp2_row with no shift */     \
     std::copy(x, x + n, y);                                                                         \
     exp2_row(y, n, 0.0f, 0.0f);                                                                     \

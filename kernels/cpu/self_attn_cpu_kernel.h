@@ -56,6 +56,25 @@ inline void store_vec(T* p, typename VecOf<T>::type v) {
   *reinterpret_cast<typename VecOf<T>::unaligned*>(p) = v;
 }
 
+// One element of a storage type, read as its compute type, and one written from it (see
+// BFloat16Storage in self_attn_cpu_traits.h). bfloat16: widened exactly; rounded to nearest, ties to
+// even, and a NaN of any payload written as the quiet NaN 0x7FC0 (c10::BFloat16's conversion).
+inline float load_elem(const float* p) { return *p; }
+inline double load_elem(const double* p) { return *p; }
+inline float load_elem(const BFloat16Storage* p) {
+  const uint32_t bits = static_cast<uint32_t>(p->bits) << 16;
+  float v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+inline void store_elem(float* p, float v) { *p = v; }
+inline void store_elem(double* p, double v) { *p = v; }
+inline void store_elem(BFloat16Storage* p, float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  p->bits = v != v ? static_cast<uint16_t>(0x7FC0) : static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
 // 2^x for x <= 0 (what the kernels need: scores, in base-2 units, minus their running maximum),
 // vectorised by hand: x = n + r with n = x rounded to the nearest integer and r = x - n in
 // [-1/2, 1/2] (exact), then 2^r by a degree-6 polynomial, then times 2^n.
@@ -342,21 +361,22 @@ void gemm_tile(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_ms, int64_
 // dst (rows x padded, contiguous) = the rows x width block at src (leading dimension ld), the
 // columns past width zeroed. The kernels' operands are copied this way into small contiguous
 // tiles: rows of a (C, N) tensor lie N elements apart, and a few dozen such rows at a power-of-two
-// stride share one set of the L1 cache and evict each other.
-template <typename T>
-void copy_tile(const T* src, int64_t rows, int64_t ld, int64_t width, int64_t padded, T* dst) {
+// stride share one set of the L1 cache and evict each other. src may be of a storage type S (bfloat16),
+// widened to the compute type T of dst in the copy.
+template <typename S, typename T>
+void copy_tile(const S* src, int64_t rows, int64_t ld, int64_t width, int64_t padded, T* dst) {
   for (int64_t r = 0; r < rows; ++r) {
-    std::copy(src + r * ld, src + r * ld + width, dst + r * padded);
+    for (int64_t j = 0; j < width; ++j) dst[r * padded + j] = load_elem(src + r * ld + j);
     std::fill(dst + r * padded + width, dst + (r + 1) * padded, T(0));
   }
 }
 
 // The same, each element times scale (rounded to T), in the same pass: how every kernel builds the
 // query tiles f' of the base-2 scores (see qk_scale).
-template <typename T>
-void copy_tile_scaled(const T* src, int64_t rows, int64_t ld, int64_t width, int64_t padded, T scale, T* dst) {
+template <typename S, typename T>
+void copy_tile_scaled(const S* src, int64_t rows, int64_t ld, int64_t width, int64_t padded, T scale, T* dst) {
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t j = 0; j < width; ++j) dst[r * padded + j] = src[r * ld + j] * scale;
+    for (int64_t j = 0; j < width; ++j) dst[r * padded + j] = load_elem(src + r * ld + j) * scale;
     std::fill(dst + r * padded + width, dst + (r + 1) * padded, T(0));
   }
 }
@@ -378,8 +398,8 @@ const T* padded_tile(const T* src, int64_t rows, int64_t ld, int64_t width, int6
 
 // dst (B, n_tiles, C, BQ) = the (B, C, N) tensor src, times scale, cut into query tiles of BQ columns,
 // each contiguous and the last zero-padded: built once per backward call, read once per key tile.
-template <typename T>
-void query_tiles(int64_t B, int64_t C, int64_t N, const T* src, int64_t sb, int64_t sc, int64_t BQ, T scale,
+template <typename S, typename T>
+void query_tiles(int64_t B, int64_t C, int64_t N, const S* src, int64_t sb, int64_t sc, int64_t BQ, T scale,
                  T* dst, const ParallelFor& parallel_for) {
   const int64_t n_tiles = ceil_div(N, BQ);
   parallel_for(B * n_tiles, [&](int64_t begin, int64_t end) {
@@ -392,17 +412,17 @@ void query_tiles(int64_t B, int64_t C, int64_t N, const T* src, int64_t sb, int6
 
 // D[b, i] = sum_c dy[b,c,i] o[b,c,i] (the softmax backward's row term, before gamma), summed over c
 // in order; the backward and the double backward both start from it.
-template <typename T>
-void row_dot_dy_o(int64_t B, int64_t Cv, int64_t Nq, const T* dy, int64_t dy_sb, int64_t dy_sc,
-                  const T* o, int64_t o_sb, int64_t o_sc, T* D, const ParallelFor& parallel_for) {
+template <typename S, typename T>
+void row_dot_dy_o(int64_t B, int64_t Cv, int64_t Nq, const S* dy, int64_t dy_sb, int64_t dy_sc,
+                  const S* o, int64_t o_sb, int64_t o_sc, T* D, const ParallelFor& parallel_for) {
   parallel_for(B, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       T* Db = D + b * Nq;
       std::fill(Db, Db + Nq, T(0));
       for (int64_t c = 0; c < Cv; ++c) {
-        const T* dyc = dy + b * dy_sb + c * dy_sc;
-        const T* oc = o + b * o_sb + c * o_sc;
-        for (int64_t i = 0; i < Nq; ++i) Db[i] += dyc[i] * oc[i];
+        const S* dyc = dy + b * dy_sb + c * dy_sc;
+        const S* oc = o + b * o_sb + c * o_sc;
+        for (int64_t i = 0; i < Nq; ++i) Db[i] += load_elem(dyc + i) * load_elem(oc + i);
       }
     }
   });
@@ -413,8 +433,8 @@ void row_dot_dy_o(int64_t B, int64_t Cv, int64_t Nq, const T* dy, int64_t dy_sb,
 // the right-hand operand of dh^T; G = 2: query pairs, that of dg^T (see the backward). Built once per
 // call. nq_pad is a multiple of G. (G a template parameter: i / G and i % G per element would be
 // integer divisions.)
-template <int G, typename T>
-void transpose_padded(int64_t B, int64_t C, int64_t N, const T* src, int64_t sb, int64_t sc, int64_t nq_pad,
+template <int G, typename S, typename T>
+void transpose_padded(int64_t B, int64_t C, int64_t N, const S* src, int64_t sb, int64_t sc, int64_t nq_pad,
                       int64_t c_pad, T* dst, const ParallelFor& parallel_for) {
   constexpr int64_t kRows = 64;  // queries per work item, a multiple of G
   const int64_t n_blocks = ceil_div(N, kRows);
@@ -426,8 +446,8 @@ void transpose_padded(int64_t B, int64_t C, int64_t N, const T* src, int64_t sb,
       T* d = dst + (b * nq_pad + i0) / G * c_pad;
       for (int64_t r = 0; r < rows; ++r) std::fill(d + r * c_pad + (in % G != 0 && r == rows - 1 ? 0 : C * G), d + (r + 1) * c_pad, T(0));
       for (int64_t c = 0; c < C; ++c) {
-        const T* s = src + b * sb + c * sc + i0;
-        for (int64_t i = 0; i < in; ++i) d[(i / G) * c_pad + c * G + i % G] = s[i];
+        const S* s = src + b * sb + c * sc + i0;
+        for (int64_t i = 0; i < in; ++i) d[(i / G) * c_pad + c * G + i % G] = load_elem(s + i);
       }
     }
     // The padded rows past N (whole rows of zeros) belong to the last block of each batch.
@@ -439,22 +459,24 @@ void transpose_padded(int64_t B, int64_t C, int64_t N, const T* src, int64_t sb,
   });
 }
 
-template <typename T>
+// S: the storage type of every tensor the kernel reads and writes but lse (float64); T: the compute type.
+template <typename S>
 void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_for) {
+  using T = typename CpuCompute<S>::type;
   using Vec = typename VecOf<T>::type;
   constexpr int L = kLanes<T>;
   constexpr int64_t BQ = CpuTileTraits<T>::kBlockQ;
   constexpr int64_t BK = CpuTileTraits<T>::kBlockK;
   const int64_t Cqk = p.Cqk, Cv = p.Cv, Nq = p.Nq, Nk = p.Nk;
   const T qk = qk_scale<T>(p.scale);
-  const T gamma = *static_cast<const T*>(p.gamma);
+  const T gamma = load_elem(static_cast<const S*>(p.gamma));
   const int64_t n_qtiles = ceil_div(Nq, BQ);
-  const T* f = static_cast<const T*>(p.f);
-  const T* g = static_cast<const T*>(p.g);
-  const T* h = static_cast<const T*>(p.h);
-  const T* x = static_cast<const T*>(p.x);
-  T* y = static_cast<T*>(p.y);
-  T* o = static_cast<T*>(p.o);
+  const S* f = static_cast<const S*>(p.f);
+  const S* g = static_cast<const S*>(p.g);
+  const S* h = static_cast<const S*>(p.h);
+  const S* x = static_cast<const S*>(p.x);
+  S* y = static_cast<S*>(p.y);
+  S* o = static_cast<S*>(p.o);
   double* lse = p.lse;
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
 
@@ -466,6 +488,8 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
   parallel_for(p.B * n_items, [&](int64_t begin, int64_t end) {
     // Workspace of one thread: O(tile sizes x (Cqk + Cv) x group), independent of Nq and Nk.
     std::vector<T> st(BK * BQ), gk(Cqk * BK), acc(group * Cv * BQ), fq(group * Cqk * BQ);
+    // The h tile widened to T, where S is not T (bfloat16): once per key tile, for the whole group.
+    std::vector<T> hk(CpuCompute<S>::kConverts ? Cv * BK : 0);
     std::vector<T> row_max(group * BQ), row_sum(group * BQ), alpha(BQ);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / n_items;
@@ -483,6 +507,16 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
       for (int64_t k0 = 0; k0 < Nk; k0 += BK) {
         const int64_t kn = std::min(BK, Nk - k0);
         copy_tile(g + b * p.g_sb + k0, Cqk, p.g_sc, kn, BK, gk.data());
+        const T* ht;  // the h tile (Cv x kn) with its leading dimension
+        int64_t h_ld;
+        if constexpr (CpuCompute<S>::kConverts) {
+          copy_tile(h + b * p.h_sb + k0, Cv, p.h_sc, kn, BK, hk.data());
+          ht = hk.data();
+          h_ld = BK;
+        } else {
+          ht = h + b * p.h_sb + k0;
+          h_ld = p.h_sc;
+        }
         for (int64_t qt = 0; qt < tn; ++qt) {
           // st (kn x BQ) = g_tile^T f'_tile, the scores in base 2 (see qk_scale): one row per key,
           // queries along the lanes.
@@ -541,7 +575,7 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
             store_vec(&row_sum[qt * BQ + v * L],
                       load_vec(&row_sum[qt * BQ + v * L]) * load_vec(&alpha[v * L]) + sum[v]);
           // acc (Cv x BQ) = acc alpha (each query's rescale) + h_tile (Cv x kn) st (kn x BQ)
-          gemm_tile<T>(Cv, BQ, kn, h + b * p.h_sb + k0, p.h_sc, 1, st.data(), BQ, acc.data() + qt * Cv * BQ, BQ,
+          gemm_tile<T>(Cv, BQ, kn, ht, h_ld, 1, st.data(), BQ, acc.data() + qt * Cv * BQ, BQ,
                        RescaleAndAddToC<T>{alpha.data()});
         }
       }
@@ -558,14 +592,22 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
         }
         for (int64_t c = 0; c < Cv; ++c) {
           const T* a = acc.data() + (qt * Cv + c) * BQ;
-          T* oc = o + (b * Cv + c) * Nq + q0;
-          T* yc = y + (b * Cv + c) * Nq + q0;
-          for (int64_t i = 0; i < qn; ++i) oc[i] = a[i] * alpha[i];
+          S* oc = o + (b * Cv + c) * Nq + q0;
+          S* yc = y + (b * Cv + c) * Nq + q0;
+          // y from o in T, before o is rounded to S.
           if (x != nullptr) {
-            const T* xc = x + b * p.x_sb + c * p.x_sc + q0;
-            for (int64_t i = 0; i < qn; ++i) yc[i] = gamma * oc[i] + xc[i];
+            const S* xc = x + b * p.x_sb + c * p.x_sc + q0;
+            for (int64_t i = 0; i < qn; ++i) {
+              const T oi = a[i] * alpha[i];
+              store_elem(oc + i, oi);
+              store_elem(yc + i, gamma * oi + load_elem(xc + i));
+            }
           } else {
-            for (int64_t i = 0; i < qn; ++i) yc[i] = gamma * oc[i];
+            for (int64_t i = 0; i < qn; ++i) {
+              const T oi = a[i] * alpha[i];
+              store_elem(oc + i, oi);
+              store_elem(yc + i, gamma * oi);
+            }
           }
         }
       }
@@ -586,8 +628,10 @@ void dg_product(int64_t kn, int64_t qn, int64_t group, const T* dsT, int64_t ld,
   gemm_tile<T>(kn, c_pad, qn, dsT, ld, 1, fT, c_pad, dgT, c_pad, true);
 }
 
-template <typename T>
+// S and T as in the forward.
+template <typename S>
 void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor& parallel_for) {
+  using T = typename CpuCompute<S>::type;
   using Vec = typename VecOf<T>::type;
   constexpr int L = kLanes<T>;
   constexpr int64_t BQ = CpuTileTraits<T>::kBlockQ;
@@ -595,18 +639,18 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
   const int64_t B = p.B, Cqk = p.Cqk, Cv = p.Cv, Nq = p.Nq, Nk = p.Nk;
   const T scale = static_cast<T>(p.scale);
   const T qk = qk_scale<T>(p.scale);
-  const T gamma = *static_cast<const T*>(p.gamma);
+  const T gamma = load_elem(static_cast<const S*>(p.gamma));
   const bool want_df = p.want_df, want_dg = p.want_dg, want_dh = p.want_dh;
   const bool want_ds = want_df || want_dg;  // the logits' gradient, and with it dp = h^T dy
-  const T* dy = static_cast<const T*>(p.dy);
-  const T* f = static_cast<const T*>(p.f);
-  const T* g = static_cast<const T*>(p.g);
-  const T* h = static_cast<const T*>(p.h);
-  const T* o = static_cast<const T*>(p.o);
+  const S* dy = static_cast<const S*>(p.dy);
+  const S* f = static_cast<const S*>(p.f);
+  const S* g = static_cast<const S*>(p.g);
+  const S* h = static_cast<const S*>(p.h);
+  const S* o = static_cast<const S*>(p.o);
   const double* lse = p.lse;
-  T* df = static_cast<T*>(p.df);
-  T* dg = static_cast<T*>(p.dg);
-  T* dh = static_cast<T*>(p.dh);
+  S* df = static_cast<S*>(p.df);
+  S* dg = static_cast<S*>(p.dg);
+  S* dh = static_cast<S*>(p.dh);
 
   // D_i = sum_c dy[c,i] o[c,i]: p.delta.
   T* D = static_cast<T*>(p.delta);
@@ -639,7 +683,7 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
       fT(want_dg ? new T[B * nq_pad / dg_group * cqk_pad] : nullptr);
   if (want_dh) transpose_padded<1>(B, Cv, Nq, dy, p.dy_sb, p.dy_sc, nq_pad, cv_pad, dyT.get(), parallel_for);
   if (want_dg)
-    (dg_group == 2 ? transpose_padded<2, T> : transpose_padded<1, T>)(B, Cqk, Nq, f, p.f_sb, p.f_sc, nq_pad, cqk_pad,
+    (dg_group == 2 ? transpose_padded<2, S, T> : transpose_padded<1, S, T>)(B, Cqk, Nq, f, p.f_sb, p.f_sc, nq_pad, cqk_pad,
                                                                       fT.get(), parallel_for);
   // f and dy cut into contiguous query tiles: the right-hand operands of s^T and dp^T.
   const int64_t n_qtiles = nq_pad / BQ;
@@ -682,7 +726,7 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
       const int64_t group = item % n_groups;
       T* dfp = want_df ? df_part.get() + item * Cqk * nq_pad : nullptr;
       if (want_df) std::fill(dfp, dfp + Cqk * nq_pad, T(0));
-      const T* gb = g + b * p.g_sb;
+      const S* gb = g + b * p.g_sb;
       const int64_t kt_end = (group + 1) * n_ktiles / n_groups;
       for (int64_t kt = group * n_ktiles / n_groups; kt < kt_end; ++kt) {
         const int64_t k0 = kt * BK;
@@ -725,15 +769,16 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
                        dgT.data());
         }
         for (int64_t c = 0; want_dh && c < Cv; ++c) {
-          T* dhc = dh + (b * Cv + c) * Nk + k0;
-          for (int64_t j = 0; j < kn; ++j) dhc[j] = gamma * dvT[j * cv_pad + c];
+          S* dhc = dh + (b * Cv + c) * Nk + k0;
+          for (int64_t j = 0; j < kn; ++j) store_elem(dhc + j, gamma * dvT[j * cv_pad + c]);
         }
         for (int64_t c = 0; want_dg && c < Cqk; ++c) {
-          T* dgc = dg + (b * Cqk + c) * Nk + k0;
+          S* dgc = dg + (b * Cqk + c) * Nk + k0;
           if (dg_group == 2)
-            for (int64_t j = 0; j < kn; ++j) dgc[j] = gamma * scale * (dgT[j * cqk_pad + 2 * c] + dgT[j * cqk_pad + 2 * c + 1]);
+            for (int64_t j = 0; j < kn; ++j)
+              store_elem(dgc + j, gamma * scale * (dgT[j * cqk_pad + 2 * c] + dgT[j * cqk_pad + 2 * c + 1]));
           else
-            for (int64_t j = 0; j < kn; ++j) dgc[j] = gamma * scale * dgT[j * cqk_pad + c];
+            for (int64_t j = 0; j < kn; ++j) store_elem(dgc + j, gamma * scale * dgT[j * cqk_pad + c]);
         }
       }
     }
@@ -742,15 +787,16 @@ void self_attn_backward_impl(const SelfAttnBackwardParams& p, const ParallelFor&
   // df = gamma scale sum over key groups, in group order.
   if (!want_df) return;
   parallel_for(B * Cqk, [&](int64_t begin, int64_t end) {
+    std::vector<T> sum(Nq);
     for (int64_t bc = begin; bc < end; ++bc) {
       const int64_t b = bc / Cqk, c = bc % Cqk;
-      T* dfc = df + bc * Nq;
-      std::fill(dfc, dfc + Nq, T(0));
+      std::fill(sum.begin(), sum.end(), T(0));
       for (int64_t group = 0; group < n_groups; ++group) {
         const T* part = df_part.get() + ((b * n_groups + group) * Cqk + c) * nq_pad;
-        for (int64_t i = 0; i < Nq; ++i) dfc[i] += part[i];
+        for (int64_t i = 0; i < Nq; ++i) sum[i] += part[i];
       }
-      for (int64_t i = 0; i < Nq; ++i) dfc[i] *= gamma * scale;
+      S* dfc = df + bc * Nq;
+      for (int64_t i = 0; i < Nq; ++i) store_elem(dfc + i, sum[i] * (gamma * scale));
     }
   });
 }

@@ -5,6 +5,26 @@
 
 namespace sagan::kernels::cpu {
 
+// The element types the kernels are instantiated for, by what they read and write (the storage type
+// S): float and double, computed in themselves, and bfloat16, computed in float. A bfloat16 is its
+// float's upper 16 bits (c10::BFloat16's layout); the kernels widen each element as they read it
+// (exactly) and round each output to nearest even as they write it, as torch converts, so bfloat16
+// results are bitwise those of converting the inputs to float32, running the float kernels and
+// converting back, without the O(B C N) copies.
+struct BFloat16Storage {
+  uint16_t bits;
+};
+template <typename S>
+struct CpuCompute {
+  using type = S;
+  static constexpr bool kConverts = false;  // whether S differs from the compute type
+};
+template <>
+struct CpuCompute<BFloat16Storage> {
+  using type = float;
+  static constexpr bool kConverts = true;
+};
+
 // kBlockQ x kBlockK is the score tile: kBlockQ queries along the vector lanes, kBlockK keys. The
 // forward and the backward hold it key-major (one row per key, queries contiguous), so the online
 // softmax's per-query maximum and sum run down the rows, lane-wise, and the tile is the right-hand

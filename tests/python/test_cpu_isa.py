@@ -1,5 +1,6 @@
 """The CPU kernels exist in three builds on x86-64 (baseline, AVX2+FMA and AVX-512, the best the CPU has
-picked at run time); each one this machine can run must agree with the reference. A lower build is forced
+picked at run time); each one this machine can run must agree with the reference, and give bitwise
+the float32 results, rounded once, for bfloat16 inputs. A lower build is forced
 in a subprocess with SAGAN_ATTN_CPU_ISA=default or avx2."""
 import os
 import subprocess
@@ -29,6 +30,17 @@ for dtype in (torch.float32, torch.float64):
     err = max(float((a.double() - b).abs().max() / (1 + b.abs().max()))
               for a, b in zip([y, *grads], [y_ref, *grads_ref]))
     print(dtype, err)
+# bfloat16 (read and written as it is, computed in float32): bitwise the float32 kernels' results on the
+# widened inputs, rounded once; the number of elements that differ.
+bf = torch.bfloat16
+f, g, h, x, gamma, dy = (t.to(bf) for t in (f, g, h, x, gamma, dy))
+y, o, lse = torch.ops.sagan.self_attn_fwd(f, g, h, x, gamma, 0.3)
+y32, o32, lse32 = torch.ops.sagan.self_attn_fwd(f.float(), g.float(), h.float(), x.float(), gamma.float(), 0.3)
+got = [y, o, *torch.ops.sagan.self_attn_backward(dy, f, g, h, o, lse, gamma, 0.3, [True] * 3)]
+want = [y32, o32, *torch.ops.sagan.self_attn_backward(dy.float(), f.float(), g.float(), h.float(), o.float(),
+                                                      lse, gamma.float(), 0.3, [True] * 3)]
+print("bf16-mismatches", sum(int((a.view(torch.int16) != b.to(bf).view(torch.int16)).sum())
+                             for a, b in zip(got, want)) + int((lse != lse32).sum()))
 """
 
 
@@ -56,3 +68,4 @@ def test_isa_builds_match_reference(isa):
     # headroom; float64 must be exact to rounding.
     assert errors["torch.float32"] < 1e-5, errors
     assert errors["torch.float64"] < 1e-12, errors
+    assert errors["bf16-mismatches"] == 0, errors

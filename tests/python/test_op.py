@@ -154,6 +154,65 @@ def test_internal_fwd_outputs(dtype, device):
     assert_rel_max_close(lse, lse_ref, tol_lse, "lse")
 
 
+def _bits(t):
+    """t's bfloat16 bits as int16, every NaN the same (NaN payloads carry no meaning)."""
+    return torch.where(t.isnan(), torch.full_like(t, float("nan")), t).view(torch.int16)
+
+
+@pytest.mark.parametrize("case", ["odd", "strided", "nonfinite", "nox", "ties"])
+def test_cpu_bfloat16_is_float32_rounded_once(case):
+    """The CPU forward and backward read and write bfloat16 as it is (no float32 copies) and compute in
+    float32, widening each element as they read it and rounding each result once as they write it: the
+    results must be bitwise those of the float32 kernels on the widened inputs, rounded to bfloat16 by
+    torch. Odd sizes (ragged query and key tiles, ragged register blocks), channel-strided views, a NaN
+    key and an inf query at tile boundaries, no residual, and results that are exact ties between two
+    bfloat16 values (one key, so o = h and dh = the sum of dy: y and dh are 1 + k 2^-7 + 2^-8, rounded
+    to even); every gradient mask of the backward."""
+    bf = torch.bfloat16
+    B, Cqk, Cv, Nq, Nk = (2, 5, 37, 131, 200) if case != "strided" else (3, 8, 64, 65, 257)
+    gen = torch.Generator().manual_seed(11)
+    rnd = lambda *size: torch.randn(*size, generator=gen).to(bf)  # noqa: E731
+    f, g, h, x = rnd(B, Cqk, Nq), rnd(B, Cqk, Nk), rnd(B, Cv, Nk), rnd(B, Cv, Nq)
+    if case == "strided":
+        f, h = rnd(B, Cqk + 3, Nq)[:, 2:Cqk + 2], rnd(B, 2 * Cv, Nk)[:, ::2]
+    if case == "nonfinite":
+        g[0, 1, 127], g[1, 0, 128], f[1, 2, 64] = float("nan"), float("-inf"), float("inf")
+    if case == "nox":
+        x = None
+    if case == "ties":
+        B, Cqk, Cv, Nq, Nk = 1, 1, 128, 2, 1
+        f, g = rnd(B, Cqk, Nq), rnd(B, Cqk, Nk)
+        k = (1 + torch.arange(Cv) / 128) * (1 - 2 * (torch.arange(Cv) % 2))  # exact in bfloat16
+        h = k.view(1, Cv, 1).to(bf)
+        x = (torch.sign(k) * 2.0**-8).view(1, Cv, 1).expand(B, Cv, Nq).to(bf)
+    gamma, dy, scale = torch.tensor([0.7]).to(bf), rnd(B, Cv, Nq), 0.3
+    if case == "ties":
+        gamma, dy = torch.ones(1, dtype=bf), torch.cat([h, x[:, :, :1]], 2)
+    wide = lambda t: None if t is None else t.float()  # noqa: E731
+    y, o, lse = torch.ops.sagan.self_attn_fwd(f, g, h, x, gamma, scale)
+    y32, o32, lse32 = torch.ops.sagan.self_attn_fwd(wide(f), wide(g), wide(h), wide(x), wide(gamma), scale)
+    assert y.dtype == o.dtype == bf
+    if case == "ties":  # y's and dh's float32 values lie halfway between two bfloat16 values
+        halfway = lambda t: int((t.view(torch.int32) & 0xFFFF == 0x8000).sum())  # noqa: E731
+        assert halfway(y32) == B * Cv * Nq
+        assert halfway(torch.ops.sagan.self_attn_backward(wide(dy), wide(f), wide(g), wide(h), o32, lse32,
+                                                          wide(gamma), scale, [False, False, True])[2]) == Cv
+    assert torch.equal(_bits(y), _bits(y32.to(bf))) and torch.equal(_bits(o), _bits(o32.to(bf)))
+    assert torch.equal(lse.isnan(), lse32.isnan()) and torch.equal(lse.nan_to_num(), lse32.nan_to_num())
+    if case == "nonfinite":
+        assert o.isnan().any() and o.isfinite().any()  # the NaN reached some queries, not all
+    for mask in ([True, True, True], [True, False, False], [False, True, False], [False, False, True]):
+        got = torch.ops.sagan.self_attn_backward(dy, f, g, h, o, lse, gamma, scale, mask)
+        want = torch.ops.sagan.self_attn_backward(wide(dy), wide(f), wide(g), wide(h), wide(o), lse,
+                                                  wide(gamma), scale, mask)
+        for name, a, b in zip(("grad_f", "grad_g", "grad_h"), got[:3], want[:3]):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                assert a.dtype == bf, name
+                assert torch.equal(_bits(a), _bits(b.to(bf))), f"{name}, mask {mask}"
+        assert got[3].dtype == bf and torch.equal(_bits(got[3]), _bits(want[3].to(bf))), "grad_gamma"
+
+
 # --------------------------------------------------------------------------------------------------
 # gradcheck / gradgradcheck in float64 (finite differences against the op's analytic gradients).
 # gradcheck also runs the backward twice and wants the same result: bitwise on the CPU; on CUDA the
