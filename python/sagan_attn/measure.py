@@ -7,7 +7,8 @@ Time: ``median_ms``, the median of repeated calls after warm-up calls. On CUDA e
 two CUDA events on the current stream (the GPU's own clock); on the CPU it is wall time
 (``time.perf_counter``). At least ``repeats`` calls, more until ``budget_s`` has passed. For ratios
 between implementations on a machine whose speed drifts, ``interleaved_ms`` times them in turn, round
-by round, and ``ratio_median`` takes the median of the per-round ratios.
+by round (in the given order, then reversed, alternately), and ``ratio_median`` takes the median of the
+per-round ratios.
 
 Peak memory:
   CUDA  ``cuda_peak``: ``torch.cuda.max_memory_allocated()`` during one call after
@@ -116,15 +117,17 @@ def interleaved_ms(fns: Dict[str, Callable[[], object]], device: str, warmup: in
 
     For ratios on a machine whose speed drifts (a shared VM: the same call swings by 50% between
     seconds): each round times every fn within moments, so the round's ratios compare like with like,
-    and the median of the per-round ratios (ratio_median) is the robust comparison. CUDA: CUDA events;
-    CPU: wall time."""
+    and the median of the per-round ratios (ratio_median) is the robust comparison. Odd rounds take the
+    fns in reverse order (A B, B A, A B, ...): a fn's place in the round (what ran just before it, a
+    drift within the round) then favours each side equally often. CUDA: CUDA events; CPU: wall time."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     sync(device)
     times: Dict[str, List[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for r in range(rounds):
+        for name, fn in (order if r % 2 == 0 else order[::-1]):
             if device == "cuda":
                 begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 begin.record()

@@ -254,3 +254,17 @@ def test_cpu_kernels_quick_record(tmp_path):
     per_round = [s / f for s, f in zip(t["sdpa-flash-pad fwd+bwd"], t["sagan-attn fwd+bwd"])]
     assert math.isclose(h2h["speedup_fwd+bwd"], statistics.median(per_round), rel_tol=1e-9)
     assert rec["scaling"][0]["speedup_fwd"] > 0 and rec["dtypes"]["bf16_over_fp32_fwd"] > 0
+
+
+def test_interleaved_rounds_alternate_order():
+    """interleaved_ms takes the fns in order on even rounds and reversed on odd ones, one time per
+    call, and ratio_median is the median of the per-round ratios."""
+    from sagan_attn.measure import interleaved_ms, ratio_median
+
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    t = interleaved_ms(fns, "cpu", warmup=1, rounds=3)
+    assert calls == list("abc") + list("abc") + list("cba") + list("abc")
+    assert {name: len(v) for name, v in t.items()} == {"a": 3, "b": 3, "c": 3}
+    times = {"a": [1.0, 2.0, 9.0], "b": [2.0, 2.0, 3.0]}
+    assert ratio_median(times, "a", "b") == 1.0  # ratios 0.5, 1.0, 3.0
