@@ -18,7 +18,7 @@ Head to head: the CPU target shapes of bench/shapes.py, sagan-attn against SDPA'
 k zero-padded to Cv (bench/impls.py's sdpa-flash-pad), forward (no grad) and forward+backward, through
 bench/impls.py as the sweep runs them, interleaved; the ratio is the median of the per-round ratios.
 Thread scaling times the same call at 1 thread and at every thread
-(torch.get_num_threads() at start). Writes bench/results/cpu-kernels-<stamp>.{json,md}.
+(torch.get_num_threads() at start), interleaved. Writes bench/results/cpu-kernels-<stamp>.{json,md}.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # python bench/cpu_kernels.py
 import torch  # noqa: E402
 
 import sagan_attn  # noqa: E402,F401  (registers torch.ops.sagan)
-from sagan_attn.measure import interleaved_ms, median_ms, ratio_median  # noqa: E402
+from sagan_attn.measure import interleaved_ms, ratio_median  # noqa: E402
 
 from bench import impls  # noqa: E402
 from bench.measure import git_state, machine, matmul_tflops  # noqa: E402
@@ -67,10 +67,12 @@ def pass_fns(B: int, Cqk: int, Cv: int, N: int, dtype: torch.dtype) -> Dict[str,
             "bwd": lambda: torch.ops.sagan.self_attn_backward(dy, f, g, h, o, lse, gamma, 1.0, [True, True, True])}
 
 
-def time_passes(B: int, Cqk: int, Cv: int, N: int, dtype: torch.dtype, repeats: int) -> Dict[str, float]:
-    """Median ms of the forward and of the backward at one shape."""
-    return {name: median_ms(fn, "cpu", warmup=1, repeats=repeats, budget_s=0.0)
-            for name, fn in pass_fns(B, Cqk, Cv, N, dtype).items()}
+def with_threads(n: int, fn: Callable[[], object]) -> Callable[[], object]:
+    """fn run on n threads (torch.set_num_threads before the call; the caller restores the count)."""
+    def run():
+        torch.set_num_threads(n)
+        return fn()
+    return run
 
 
 def matmul_fn(n: int) -> Callable[[], object]:
@@ -142,20 +144,22 @@ def run(args: argparse.Namespace) -> dict:
     record["head_to_head"] = head_to_head(args.repeats, args.quick)
 
     # Thread scaling: B = 1 with a large N (the case that must split one image over the cores) and the
-    # batched target shape.
+    # batched target shape; 1 thread and all of them interleaved, round by round, the speed-up the
+    # median of the per-round ratios.
     scaling = []
     cases = [(1, 8, 64, args.scaling_n), (B, 8, 64, N)]
     if args.quick:
         cases = cases[:1]
     for b, cqk, cv, n in cases:
-        per = {}
-        for nt in sorted({1, threads}):
-            torch.set_num_threads(nt)
-            per[nt] = time_passes(b, cqk, cv, n, torch.float32, args.repeats)
+        counts = sorted({1, threads})
+        fns = {f"{nt} {step}": with_threads(nt, fn) for step, fn in pass_fns(b, cqk, cv, n, torch.float32).items()
+               for nt in counts}
+        t = interleaved_ms(fns, "cpu", warmup=1, rounds=args.repeats)
         torch.set_num_threads(threads)
-        row = {"B": b, "Cqk": cqk, "Cv": cv, "N": n, "ms": {str(k): v for k, v in per.items()},
-               "speedup_fwd": per[1]["fwd"] / per[threads]["fwd"],
-               "speedup_bwd": per[1]["bwd"] / per[threads]["bwd"]}
+        per = {nt: {step: statistics.median(t[f"{nt} {step}"]) for step in ("fwd", "bwd")} for nt in counts}
+        row = {"B": b, "Cqk": cqk, "Cv": cv, "N": n, "ms": {str(k): v for k, v in per.items()}, "rounds_ms": t,
+               "speedup_fwd": ratio_median(t, "1 fwd", f"{threads} fwd"),
+               "speedup_bwd": ratio_median(t, "1 bwd", f"{threads} bwd")}
         scaling.append(row)
         print(f"scaling B={b} N={n}: 1 -> {threads} threads: fwd x{row['speedup_fwd']:.2f}, "
               f"bwd x{row['speedup_bwd']:.2f}", flush=True)
@@ -205,7 +209,8 @@ def markdown(rec: dict) -> str:
         out.append(f"| {r['shape']} | {tuple(r['dims'])} | {ms[F + ' fwd']:.1f} / {ms['sdpa-flash-pad fwd']:.1f} "
                    f"| x{r['speedup_fwd']:.2f} | {ms[F + ' fwd+bwd']:.1f} / {ms['sdpa-flash-pad fwd+bwd']:.1f} "
                    f"| x{r['speedup_fwd+bwd']:.2f} |")
-    out += ["", f"Thread scaling (1 thread -> {rec['threads']}):", "",
+    out += ["", f"Thread scaling (1 thread -> {rec['threads']}; interleaved, speed-up = median of the per-round "
+            "ratios):", "",
             "| B | Cqk | Cv | N | fwd ms (1 / all) | speed-up | bwd ms (1 / all) | speed-up |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rec["scaling"]:

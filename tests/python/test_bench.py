@@ -235,7 +235,8 @@ def test_loglog_slope():
 def test_cpu_kernels_quick_record(tmp_path):
     """bench/cpu_kernels.py --quick runs end to end and its record holds what the Markdown reports:
     the FLOP rates are the counted FLOPs over the median times, the fractions of the matmul and the
-    speed-ups over SDPA are the medians of the per-round ratios of the interleaved times it keeps."""
+    speed-ups over SDPA and over one thread are the medians of the per-round ratios of the interleaved
+    times it keeps."""
     from bench import cpu_kernels
 
     assert cpu_kernels.main(["--quick", "--out", str(tmp_path)]) == 0
@@ -253,7 +254,10 @@ def test_cpu_kernels_quick_record(tmp_path):
     t = h2h["rounds_ms"]
     per_round = [s / f for s, f in zip(t["sdpa-flash-pad fwd+bwd"], t["sagan-attn fwd+bwd"])]
     assert math.isclose(h2h["speedup_fwd+bwd"], statistics.median(per_round), rel_tol=1e-9)
-    assert rec["scaling"][0]["speedup_fwd"] > 0 and rec["dtypes"]["bf16_over_fp32_fwd"] > 0
+    sc, nt = rec["scaling"][0], rec["threads"]
+    per_round = [a / b for a, b in zip(sc["rounds_ms"]["1 bwd"], sc["rounds_ms"][f"{nt} bwd"])]
+    assert math.isclose(sc["speedup_bwd"], statistics.median(per_round), rel_tol=1e-9)
+    assert len(sc["rounds_ms"]["1 fwd"]) == rec["repeats"] and rec["dtypes"]["bf16_over_fp32_fwd"] > 0
 
 
 def test_interleaved_rounds_alternate_order():
