@@ -13,7 +13,9 @@ pass really computes, per image:
   forward   2 Nq Nk (Cqk + Cv)          s = f^T g, o = h p^T
   backward  2 Nq Nk (3 Cqk + 2 Cv)      s again, dp = dy^T h, dh = dy p, df = ds g^T, dg = f ds
 (the exp, the row statistics and the elementwise softmax backward come on top, uncounted). The roofline
-is torch.mm's float32 GFLOP/s on square matrices sized to take about 0.2 s, with the same thread count.
+is torch.mm's float32 GFLOP/s on square matrices sized to take about 0.2 s, with the same thread count,
+and beside it the hardware's: the float32 FMA peak of bench/fma_peak.cpp (register-only multiply-add
+chains, built here with the C++ compiler) at the start and at the end, "% peak" against the higher.
 Head to head: the CPU target shapes of bench/shapes.py, sagan-attn against SDPA's flash backend on q and
 k zero-padded to Cv (bench/impls.py's sdpa-flash-pad), forward (no grad) and forward+backward, through
 bench/impls.py as the sweep runs them, interleaved; the ratio is the median of the per-round ratios.
@@ -26,7 +28,9 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from typing import Callable, Dict, List, Optional, Sequence
@@ -110,6 +114,23 @@ def gflops(fl: float, ms: float) -> float:
     return fl / (ms * 1e-3) / 1e9
 
 
+def fma_peak(threads: int) -> dict:
+    """The CPU's float32 multiply-add peak at `threads` threads, from bench/fma_peak.cpp (built here with
+    $CXX or c++; register-only FMA chains, no memory): {"gflops", "isa"}, or {"error"} where it cannot be
+    built or run."""
+    cxx = os.environ.get("CXX", "c++")
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "fma_peak")
+        try:
+            subprocess.run([cxx, "-O3", "-pthread", os.path.join(ROOT, "bench", "fma_peak.cpp"), "-o", exe],
+                           check=True, capture_output=True, text=True, timeout=120)
+            out = subprocess.run([exe, str(threads)], check=True, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as e:
+            return {"error": f"{type(e).__name__}: {getattr(e, 'stderr', None) or e}"}
+    value, isa = out.stdout.split()
+    return {"gflops": float(value), "isa": isa}
+
+
 def run(args: argparse.Namespace) -> dict:
     threads = torch.get_num_threads()
     N, B = args.n, args.batch
@@ -119,6 +140,8 @@ def run(args: argparse.Namespace) -> dict:
     record["matmul"] = mm
     mm_gflops = 1e3 * mm["tflops"]
     print(f"matmul float32, {threads} threads: n={mm['n']}, {mm_gflops:.1f} GFLOP/s", flush=True)
+    record["fma_peak_start"] = fma_peak(threads)
+    print(f"FMA peak, {threads} threads: {record['fma_peak_start']}", flush=True)
 
     grid = [(c, v) for c in GRID_CQK for v in GRID_CV]
     if args.quick:
@@ -178,8 +201,25 @@ def run(args: argparse.Namespace) -> dict:
                         "bf16_over_fp32_bwd": ratio_median(t, "bfloat16 bwd", "float32 bwd")}
     print(f"bf16 / fp32 time: fwd {record['dtypes']['bf16_over_fp32_fwd']:.2f}, "
           f"bwd {record['dtypes']['bf16_over_fp32_bwd']:.2f}", flush=True)
+    record["fma_peak_end"] = fma_peak(threads)
+    peaks = [p["gflops"] for p in (record["fma_peak_start"], record["fma_peak_end"]) if "gflops" in p]
+    # The roofline: the higher of the two measurements (the lower one met more of the neighbours' load).
+    record["fma_peak_gflops"] = max(peaks) if peaks else None
+    for row in record["grid"]:
+        for step in ("fwd", "bwd"):
+            row[f"{step}_peak_frac"] = row[f"{step}_gflops"] / max(peaks) if peaks else None
     record["load_average_end"] = list(os.getloadavg())
     return record
+
+
+def peak_text(p: Optional[dict]) -> str:
+    if not p:
+        return "not measured"
+    return f"{p['gflops']:.1f} GFLOP/s ({p['isa']})" if "gflops" in p else f"not measured ({p['error']})"
+
+
+def pct(frac: Optional[float]) -> str:
+    return "-" if frac is None else f"{100 * frac:.0f}%"
 
 
 def markdown(rec: dict) -> str:
@@ -193,13 +233,17 @@ def markdown(rec: dict) -> str:
            "per row, the pass and a matmul interleaved; ms and GFLOP/s are medians, % matmul the median of the "
            "per-round ratios",
            f"- B = {rec['batch']}, Nq = Nk = {rec['n']}, float32; FLOPs: forward 2 Nq Nk (Cqk + Cv), "
-           "backward 2 Nq Nk (3 Cqk + 2 Cv) per image", "",
-           "| Cqk | Cv | fwd ms | fwd GFLOP/s | % matmul | bwd ms | bwd GFLOP/s | % matmul | matmul GFLOP/s |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "backward 2 Nq Nk (3 Cqk + 2 Cv) per image",
+           f"- FMA peak (bench/fma_peak.cpp, registers only, {rec['threads']} threads): "
+           f"{peak_text(rec.get('fma_peak_start'))} at the start, {peak_text(rec.get('fma_peak_end'))} at the end; "
+           "% peak is a row's median GFLOP/s over the higher of the two", "",
+           "| Cqk | Cv | fwd ms | fwd GFLOP/s | % matmul | % peak | bwd ms | bwd GFLOP/s | % matmul | % peak "
+           "| matmul GFLOP/s |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rec["grid"]:
         out.append(f"| {r['Cqk']} | {r['Cv']} | {r['fwd_ms']:.1f} | {r['fwd_gflops']:.1f} | {100 * r['fwd_frac']:.0f}% "
-                   f"| {r['bwd_ms']:.1f} | {r['bwd_gflops']:.1f} | {100 * r['bwd_frac']:.0f}% "
-                   f"| {r['matmul_gflops']:.1f} |")
+                   f"| {pct(r.get('fwd_peak_frac'))} | {r['bwd_ms']:.1f} | {r['bwd_gflops']:.1f} "
+                   f"| {100 * r['bwd_frac']:.0f}% | {pct(r.get('bwd_peak_frac'))} | {r['matmul_gflops']:.1f} |")
     out += ["", "Head to head with SDPA's CPU flash attention, q and k zero-padded to Cv (interleaved; speed-up = "
             "median of the per-round ratios SDPA / sagan-attn):", "",
             "| shape | (B, Cqk, Cv, Nq, Nk) | fwd ms sagan / SDPA | speed-up | fwd+bwd ms sagan / SDPA | speed-up |",

@@ -254,6 +254,10 @@ def test_cpu_kernels_quick_record(tmp_path):
     t = h2h["rounds_ms"]
     per_round = [s / f for s, f in zip(t["sdpa-flash-pad fwd+bwd"], t["sagan-attn fwd+bwd"])]
     assert math.isclose(h2h["speedup_fwd+bwd"], statistics.median(per_round), rel_tol=1e-9)
+    # The FMA peak (bench/fma_peak.cpp) is built and run here: CI and the dev machines have a C++ compiler.
+    assert rec["fma_peak_start"]["gflops"] > 0 and rec["fma_peak_end"]["gflops"] > 0, rec["fma_peak_start"]
+    peak = max(rec["fma_peak_start"]["gflops"], rec["fma_peak_end"]["gflops"])
+    assert math.isclose(row["fwd_peak_frac"], row["fwd_gflops"] / peak, rel_tol=1e-12)
     sc, nt = rec["scaling"][0], rec["threads"]
     per_round = [a / b for a, b in zip(sc["rounds_ms"]["1 bwd"], sc["rounds_ms"][f"{nt} bwd"])]
     assert math.isclose(sc["speedup_bwd"], statistics.median(per_round), rel_tol=1e-9)
