@@ -12,9 +12,9 @@ inline at::Tensor n_contiguous(const at::Tensor& t) {
   return (t.size(2) > 1 && t.stride(2) != 1) ? t.contiguous() : t;
 }
 
-// t in the kernels' layout and compute dtype (a no-op where t already is).
-inline at::Tensor to_kernel_layout(const at::Tensor& t, at::ScalarType compute) {
-  return n_contiguous(t.to(compute));
+// t in the kernels' layout and in the dtype they read (a no-op where t already is).
+inline at::Tensor to_kernel_layout(const at::Tensor& t, at::ScalarType dtype) {
+  return n_contiguous(t.to(dtype));
 }
 
 // The params of a forward launch, complete: sizes, inputs (x may be undefined: no residual), gamma (one
@@ -37,19 +37,20 @@ inline kernels::SelfAttnFwdParams fwd_params(const at::Tensor& f, const at::Tens
 }
 
 // The backward's inputs, which the double backward reads too: dy, f, g, h, o N-contiguous, lse (B, Nq)
-// float64 contiguous, gamma one element; all but lse in the kernels' compute dtype.
+// float64 contiguous, gamma one element; all but lse in the dtype the kernels read.
 struct BackwardInputs {
   at::Tensor dy, f, g, h, o, lse, gamma;
 };
 
-// The inputs in that layout, converted to `compute` (the CPU kernels compute bf16/fp16 in float32; the
-// CUDA kernels read the storage dtype, so there `compute` is f's dtype and nothing is copied).
+// The inputs in that layout, converted to `dtype`: f's own dtype (nothing copied) for the CUDA kernels
+// and the CPU forward and backward but for float16; float32 for CPU float16 and the CPU double backward's
+// bf16 and fp16.
 inline BackwardInputs backward_inputs(const at::Tensor& dy, const at::Tensor& f, const at::Tensor& g,
                                       const at::Tensor& h, const at::Tensor& o, const at::Tensor& lse,
-                                      const at::Tensor& gamma, at::ScalarType compute) {
-  return {to_kernel_layout(dy, compute), to_kernel_layout(f, compute), to_kernel_layout(g, compute),
-          to_kernel_layout(h, compute), to_kernel_layout(o, compute), lse.contiguous(),
-          gamma.to(compute).contiguous()};
+                                      const at::Tensor& gamma, at::ScalarType dtype) {
+  return {to_kernel_layout(dy, dtype), to_kernel_layout(f, dtype), to_kernel_layout(g, dtype),
+          to_kernel_layout(h, dtype), to_kernel_layout(o, dtype), lse.contiguous(),
+          gamma.to(dtype).contiguous()};
 }
 
 // Sizes and the backward's inputs into a backward or double-backward params struct (the fields they
