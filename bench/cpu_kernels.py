@@ -204,10 +204,10 @@ def run(args: argparse.Namespace) -> dict:
     record["fma_peak_end"] = fma_peak(threads)
     peaks = [p["gflops"] for p in (record["fma_peak_start"], record["fma_peak_end"]) if "gflops" in p]
     # The roofline: the higher of the two measurements (the lower one met more of the neighbours' load).
-    record["fma_peak_gflops"] = max(peaks) if peaks else None
+    peak = record["fma_peak_gflops"] = max(peaks) if peaks else None
     for row in record["grid"]:
         for step in ("fwd", "bwd"):
-            row[f"{step}_peak_frac"] = row[f"{step}_gflops"] / max(peaks) if peaks else None
+            row[f"{step}_peak_frac"] = row[f"{step}_gflops"] / peak if peak else None
     record["load_average_end"] = list(os.getloadavg())
     return record
 
