@@ -208,6 +208,13 @@ inline void scale_row(T* v, int64_t n, T scale) {
 #define SAGAN_UNROLL
 #endif
 
+// A hint to bring the cache line at p into L1 (a no-op where the compiler has no such builtin).
+#if defined(__GNUC__) || defined(__clang__)
+#define SAGAN_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#else
+#define SAGAN_PREFETCH(p) ((void)(p))
+#endif
+
 // What the micro-kernel does with each finished register of the product: the store into C, and
 // whatever is fused into it. Called with the register's first element's row and column in the whole
 // product (m, n), the register, and its place in C.
@@ -381,6 +388,30 @@ void copy_tile_scaled(const S* src, int64_t rows, int64_t ld, int64_t width, int
   }
 }
 
+// The cache lines of a rows x width block of S at src (leading dimension ld), numbered row by row, so
+// that a loop can prefetch them a few at a time: the forward spreads the next h tile's lines over the
+// current tile's exp passes where it widens h (bfloat16). Its widening copy then finds them in L1
+// instead of stalling on each line in turn (measured, AVX-512, one thread, B = 4, N = 4096, Cv = 256,
+// groups of 4: bfloat16 over float32 forward time 1.03-1.04 without, 1.00-1.03 with).
+template <typename S>
+struct TileLines {
+  static constexpr int64_t kLineBytes = 64;
+  const char* src;
+  int64_t ld_bytes, row_bytes, per_row, count;
+  TileLines(const S* s, int64_t rows, int64_t ld, int64_t width)
+      : src(reinterpret_cast<const char*>(s)),
+        ld_bytes(ld * static_cast<int64_t>(sizeof(S))),
+        row_bytes(width * static_cast<int64_t>(sizeof(S))),
+        per_row(ceil_div(row_bytes, kLineBytes)),
+        count(rows * per_row) {}
+  // An address in line l (the row's last byte for its last line, whatever the alignment of src). The
+  // caller prefetches it: GCC deems a function that only prefetches free of effects and drops its calls.
+  const char* line(int64_t l) const {
+    const int64_t r = l / per_row;
+    return src + r * ld_bytes + std::min((l - r * per_row) * kLineBytes, row_bytes - 1);
+  }
+};
+
 // A rows x padded tile starting at src (row-major, leading dimension ld) whose first `width` columns
 // are real: src itself when the tile is whole (width == padded), else a copy in pad with the
 // missing columns zeroed. *ld_out receives the returned tile's leading dimension.
@@ -483,7 +514,7 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
   // Work items are (batch, group of consecutive query tiles): each key tile of g and h serves every
   // query tile of the group while it is in the inner caches, so h streams from the outer caches a
   // group's worth of times less often (see forward_query_group).
-  const int64_t group = forward_query_group(p.B, n_qtiles);
+  const int64_t group = forward_query_group(p.B, n_qtiles, forward_max_query_group(CpuCompute<S>::kConverts, Cv));
   const int64_t n_items = ceil_div(n_qtiles, group);
   parallel_for(p.B * n_items, [&](int64_t begin, int64_t end) {
     // Workspace of one thread: O(tile sizes x (Cqk + Cv) x group), independent of Nq and Nk.
@@ -517,6 +548,11 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
           ht = h + b * p.h_sb + k0;
           h_ld = p.h_sc;
         }
+        // The next h tile's lines, where it will be widened: a share of them prefetched during each
+        // query tile's exp pass (see TileLines).
+        const int64_t next_k0 = std::min(k0 + BK, Nk);
+        const TileLines<S> next_h(h + b * p.h_sb + next_k0, CpuCompute<S>::kConverts ? Cv : 0, p.h_sc,
+                                  std::min(BK, Nk - next_k0));
         for (int64_t qt = 0; qt < tn; ++qt) {
           // st (kn x BQ) = g_tile^T f'_tile, the scores in base 2 (see qk_scale): one row per key,
           // queries along the lanes.
@@ -563,13 +599,18 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
             store_vec(&row_max[qt * BQ + v * L], mx[0][v]);
             sum[v] = Vec{};
           }
-          for (int64_t j = 0; j < kn; ++j)
+          const int64_t lines_begin = qt * next_h.count / tn, lines = (qt + 1) * next_h.count / tn - lines_begin;
+          for (int64_t j = 0; j < kn; ++j) {
+            if constexpr (CpuCompute<S>::kConverts)
+              for (int64_t l = lines_begin + j * lines / kn; l < lines_begin + (j + 1) * lines / kn; ++l)
+                SAGAN_PREFETCH(next_h.line(l));
             SAGAN_UNROLL
             for (int v = 0; v < NQ; ++v) {
               const Vec e = exp2_vec(load_vec(&st[j * BQ + v * L]) - sh[v]);
               store_vec(&st[j * BQ + v * L], e);
               sum[v] += e;
             }
+          }
           SAGAN_UNROLL
           for (int v = 0; v < NQ; ++v)
             store_vec(&row_sum[qt * BQ + v * L],

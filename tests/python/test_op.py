@@ -159,7 +159,7 @@ def _bits(t):
     return torch.where(t.isnan(), torch.full_like(t, float("nan")), t).view(torch.int16)
 
 
-@pytest.mark.parametrize("case", ["odd", "strided", "nonfinite", "nox", "ties"])
+@pytest.mark.parametrize("case", ["odd", "strided", "nonfinite", "nox", "ties", "groups8"])
 def test_cpu_bfloat16_is_float32_rounded_once(case):
     """The CPU forward and backward read and write bfloat16 as it is (no float32 copies) and compute in
     float32, widening each element as they read it and rounding each result once as they write it: the
@@ -167,9 +167,12 @@ def test_cpu_bfloat16_is_float32_rounded_once(case):
     torch. Odd sizes (ragged query and key tiles, ragged register blocks), channel-strided views, a NaN
     key and an inf query at tile boundaries, no residual, and results that are exact ties between two
     bfloat16 values (one key, so o = h and dh = the sum of dy: y and dh are 1 + k 2^-7 + 2^-8, rounded
-    to even); every gradient mask of the backward."""
+    to even); every gradient mask of the backward. groups8: the bfloat16 forward's query groups of 8
+    tiles (float32 takes 4; forward_max_query_group in kernels/cpu/self_attn_cpu_traits.h), 10 tiles per
+    image in groups of 8 + 2, the last tile ragged, and a ragged last key tile, whose h lines the forward
+    prefetches while it works on the tile before."""
     bf = torch.bfloat16
-    B, Cqk, Cv, Nq, Nk = (2, 5, 37, 131, 200) if case != "strided" else (3, 8, 64, 65, 257)
+    B, Cqk, Cv, Nq, Nk = {"strided": (3, 8, 64, 65, 257), "groups8": (16, 3, 20, 600, 300)}.get(case, (2, 5, 37, 131, 200))
     gen = torch.Generator().manual_seed(11)
     rnd = lambda *size: torch.randn(*size, generator=gen).to(bf)  # noqa: E731
     f, g, h, x = rnd(B, Cqk, Nq), rnd(B, Cqk, Nk), rnd(B, Cv, Nk), rnd(B, Cv, Nq)
