@@ -261,7 +261,13 @@ def test_cpu_kernels_quick_record(tmp_path):
     sc, nt = rec["scaling"][0], rec["threads"]
     per_round = [a / b for a, b in zip(sc["rounds_ms"]["1 bwd"], sc["rounds_ms"][f"{nt} bwd"])]
     assert math.isclose(sc["speedup_bwd"], statistics.median(per_round), rel_tol=1e-9)
-    assert len(sc["rounds_ms"]["1 fwd"]) == rec["repeats"] and rec["dtypes"]["bf16_over_fp32_fwd"] > 0
+    assert len(sc["rounds_ms"]["1 fwd"]) == rec["repeats"]
+    assert [d["shape"][1:3] for d in rec["dtypes"]] == [[8, 64], [32, 256]]  # the target shape and the widest
+    for d in rec["dtypes"]:
+        t = d["rounds_ms"]
+        per_round = [b / f for b, f in zip(t["bfloat16 fwd"], t["float32 fwd"])]
+        assert len(per_round) == 3 * rec["repeats"]
+        assert math.isclose(d["bf16_over_fp32_fwd"], statistics.median(per_round), rel_tol=1e-9)
 
 
 def test_interleaved_rounds_alternate_order():
