@@ -70,8 +70,9 @@ struct CpuRegisterBlock {
 // groups of up to kForwardWideningGroup tiles share that copy, as long as the group's accumulators
 // (group x Cv x kBlockQ floats) stay within a float group's at Cv = 512 (512 KiB), so up to Cv = 256.
 // Measured (AVX-512, one thread, B = 4, N = 4096, interleaved, with the prefetch of TileLines):
-// bfloat16 over float32 forward time 1.00-1.01 at Cv = 64 and 1.01-1.03 at Cv = 256 in groups of 4,
-// 1.00-1.01 at both in groups of 8; float32's own time in groups of 8 was within 1% of 4's.
+// bfloat16 over float32 forward time at Cv = 256 1.00-1.03 in groups of 4 and 0.99-1.01 in groups of 8,
+// at Cv = 64 1.01 and 1.00-1.02 (alike within the noise); float32's own time in groups of 8 was within
+// 1% of 4's, so float32 keeps 4.
 constexpr int64_t kForwardQueryGroup = 4;
 constexpr int64_t kForwardWideningGroup = 8;
 constexpr int64_t kForwardGroupCvBudget = kForwardQueryGroup * 512;

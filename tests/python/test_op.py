@@ -43,7 +43,8 @@ from op_testing import (
 # (id, B, Cqk, Cv, Nq, Nk, with_x, gamma_shape, scale). Tiles are 64 queries x 128 keys and register
 # blocks 6 x 16 (x 8 in float64): the sizes below hit ragged tiles and ragged register blocks. The CPU
 # forward's work items hold groups of 4, 2 or 1 query tiles (forward_query_group in
-# kernels/cpu/self_attn_cpu_traits.h): the fwd_groups cases have each size with a ragged last group.
+# kernels/cpu/self_attn_cpu_traits.h): the fwd_groups cases have each size with a ragged last group
+# (bfloat16 takes up to 8: test_cpu_bfloat16_is_float32_rounded_once's groups8 case).
 # The CPU backward splits each image's key tiles (192 keys) into min(ceil(32 / B), tiles) key groups
 # whose sizes differ by at most one: bwd_groups has 7 key tiles in 2 groups, 3 + 4.
 SHAPE_CASES = [
