@@ -15,7 +15,9 @@ pass really computes, per image:
 (the exp, the row statistics and the elementwise softmax backward come on top, uncounted). The roofline
 is torch.mm's float32 GFLOP/s on square matrices sized to take about 0.2 s, with the same thread count,
 and beside it the hardware's: the float32 FMA peak of bench/fma_peak.cpp (register-only multiply-add
-chains, built here with the C++ compiler) at the start and at the end, "% peak" against the higher.
+chains, built here with the C++ compiler) in the instruction set the kernels run (sagan_attn.build_info()'s
+cpu_isa: SAGAN_ATTN_CPU_ISA=avx2 times the AVX2 build on an AVX-512 CPU, against the AVX2 peak), at the
+start and at the end, "% peak" against the higher.
 Head to head: the CPU target shapes of bench/shapes.py, sagan-attn against SDPA's flash backend on q and
 k zero-padded to Cv (bench/impls.py's sdpa-flash-pad), forward (no grad) and forward+backward, through
 bench/impls.py as the sweep runs them, interleaved; the ratio is the median of the per-round ratios.
@@ -114,21 +116,33 @@ def gflops(fl: float, ms: float) -> float:
     return fl / (ms * 1e-3) / 1e9
 
 
-def fma_peak(threads: int) -> dict:
-    """The CPU's float32 multiply-add peak at `threads` threads, from bench/fma_peak.cpp (built here with
-    $CXX or c++; register-only FMA chains, no memory): {"gflops", "isa"}, or {"error"} where it cannot be
-    built or run."""
-    cxx = os.environ.get("CXX", "c++")
-    with tempfile.TemporaryDirectory() as tmp:
-        exe = os.path.join(tmp, "fma_peak")
-        try:
-            subprocess.run([cxx, "-O3", "-pthread", os.path.join(ROOT, "bench", "fma_peak.cpp"), "-o", exe],
-                           check=True, capture_output=True, text=True, timeout=120)
-            out = subprocess.run([exe, str(threads)], check=True, capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.SubprocessError) as e:
-            return {"error": f"{type(e).__name__}: {getattr(e, 'stderr', None) or e}"}
-    value, isa = out.stdout.split()
-    return {"gflops": float(value), "isa": isa}
+# bench/fma_peak.cpp's name for the instruction set of each CPU kernel build (build_info()["cpu_isa"]):
+# the default build is the x86-64 baseline, SSE multiplies and adds.
+FMA_PEAK_ISA = {"avx512": "avx512", "avx2": "avx2", "default": "sse"}
+
+
+def build_fma_peak(tmp: str) -> str:
+    """bench/fma_peak.cpp built in the folder tmp with $CXX or c++; returns the executable's path. Raises
+    OSError or subprocess.SubprocessError where it cannot be built."""
+    exe = os.path.join(tmp, "fma_peak")
+    subprocess.run([os.environ.get("CXX", "c++"), "-O3", "-pthread", os.path.join(ROOT, "bench", "fma_peak.cpp"),
+                    "-o", exe], check=True, capture_output=True, text=True, timeout=120)
+    return exe
+
+
+def fma_peak(exe: Optional[str], threads: int, isa: Optional[str]) -> dict:
+    """The CPU's float32 multiply-add peak at `threads` threads in the instruction set isa (None: the CPU's
+    best), from the built bench/fma_peak.cpp (register-only FMA chains, no memory): {"gflops", "isa"}, or
+    {"error"} where it could not be built (exe None) or run."""
+    if exe is None:
+        return {"error": "bench/fma_peak.cpp could not be built"}
+    try:
+        out = subprocess.run([exe, str(threads)] + ([isa] if isa else []), check=True, capture_output=True,
+                             text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"error": f"{type(e).__name__}: {getattr(e, 'stderr', None) or e}"}
+    value, got = out.stdout.split()
+    return {"gflops": float(value), "isa": got}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -140,7 +154,15 @@ def run(args: argparse.Namespace) -> dict:
     record["matmul"] = mm
     mm_gflops = 1e3 * mm["tflops"]
     print(f"matmul float32, {threads} threads: n={mm['n']}, {mm_gflops:.1f} GFLOP/s", flush=True)
-    record["fma_peak_start"] = fma_peak(threads)
+    # The FMA peak in the kernels' instruction set, built once, measured at the start and at the end.
+    peak_isa = FMA_PEAK_ISA.get(record["machine"]["sagan_attn"].get("cpu_isa"))
+    peak_dir = tempfile.TemporaryDirectory()
+    try:
+        peak_exe: Optional[str] = build_fma_peak(peak_dir.name)
+    except (OSError, subprocess.SubprocessError) as e:
+        print(f"bench/fma_peak.cpp not built ({type(e).__name__}: {getattr(e, 'stderr', None) or e})", flush=True)
+        peak_exe = None
+    record["fma_peak_start"] = fma_peak(peak_exe, threads, peak_isa)
     print(f"FMA peak, {threads} threads: {record['fma_peak_start']}", flush=True)
 
     grid = [(c, v) for c in GRID_CQK for v in GRID_CV]
@@ -204,7 +226,8 @@ def run(args: argparse.Namespace) -> dict:
         record["dtypes"].append(d)
         print(f"bf16 / fp32 time at (Cqk, Cv) = ({cqk}, {cv}): fwd {d['bf16_over_fp32_fwd']:.2f}, "
               f"bwd {d['bf16_over_fp32_bwd']:.2f}", flush=True)
-    record["fma_peak_end"] = fma_peak(threads)
+    record["fma_peak_end"] = fma_peak(peak_exe, threads, peak_isa)
+    peak_dir.cleanup()
     peaks = [p["gflops"] for p in (record["fma_peak_start"], record["fma_peak_end"]) if "gflops" in p]
     # The roofline: the higher of the two measurements (the lower one met more of the neighbours' load).
     peak = record["fma_peak_gflops"] = max(peaks) if peaks else None
@@ -237,7 +260,7 @@ def markdown(rec: dict) -> str:
            "per-round ratios",
            f"- B = {rec['batch']}, Nq = Nk = {rec['n']}, float32; FLOPs: forward 2 Nq Nk (Cqk + Cv), "
            "backward 2 Nq Nk (3 Cqk + 2 Cv) per image",
-           f"- FMA peak (bench/fma_peak.cpp, registers only, {rec['threads']} threads): "
+           f"- FMA peak (bench/fma_peak.cpp, registers only, the kernels' instruction set, {rec['threads']} threads): "
            f"{peak_text(rec.get('fma_peak_start'))} at the start, {peak_text(rec.get('fma_peak_end'))} at the end; "
            "% peak is a row's median GFLOP/s over the higher of the two", "",
            "| Cqk | Cv | fwd ms | fwd GFLOP/s | % matmul | % peak | bwd ms | bwd GFLOP/s | % matmul | % peak "

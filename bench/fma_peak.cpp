@@ -1,12 +1,15 @@
 // The CPU's float32 multiply-add peak, measured: every thread runs independent chains of vector FMAs on
 // registers alone (no memory traffic), as wide as the CPU's best instruction set (AVX-512, AVX2 + FMA,
-// else SSE multiplies and adds), for about half a second. The roofline bench/cpu_kernels.py sets the
-// kernels' GFLOP/s against, beside torch.mm's. Built and run by bench/cpu_kernels.py:
-//   c++ -O3 -pthread bench/fma_peak.cpp -o fma_peak && ./fma_peak <threads>
-// prints "<GFLOP/s> <instruction set>".
+// else SSE multiplies and adds) or the one asked for, for about half a second. The roofline
+// bench/cpu_kernels.py sets the kernels' GFLOP/s against, beside torch.mm's, in the instruction set the
+// kernels run (their AVX2 build's peak is not the AVX-512 one on every CPU). Built and run by
+// bench/cpu_kernels.py:
+//   c++ -O3 -pthread bench/fma_peak.cpp -o fma_peak && ./fma_peak <threads> [avx512|avx2|sse]
+// prints "<GFLOP/s> <instruction set>"; exits with 2, saying why, for an instruction set the CPU lacks.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -48,16 +51,28 @@ float chains_base(long iters) { return chains<16>(iters); }
 
 int main(int argc, char** argv) {
   const int threads = argc > 1 ? std::atoi(argv[1]) : 1;
+  const char* want = argc > 2 ? argv[2] : nullptr;  // null: the best the CPU has
+  if (threads < 1 || (want != nullptr && std::strcmp(want, "avx512") != 0 && std::strcmp(want, "avx2") != 0 &&
+                      std::strcmp(want, "sse") != 0)) {
+    std::fprintf(stderr, "usage: fma_peak <threads >= 1> [avx512|avx2|sse]\n");
+    return 2;
+  }
   float (*fn)(long) = chains_base;
   const char* isa = "sse";
   int lanes = 4;
 #if defined(__x86_64__)
-  if (__builtin_cpu_supports("avx512f")) {
+  const bool has_avx512 = __builtin_cpu_supports("avx512f");
+  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (has_avx512 && (want == nullptr || std::strcmp(want, "avx512") == 0)) {
     fn = chains_avx512, isa = "avx512", lanes = 16;
-  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+  } else if (has_avx2 && (want == nullptr || std::strcmp(want, "avx2") == 0)) {
     fn = chains_avx2, isa = "avx2", lanes = 8;
   }
 #endif
+  if (want != nullptr && std::strcmp(want, isa) != 0) {
+    std::fprintf(stderr, "fma_peak: this CPU has no %s\n", want);
+    return 2;
+  }
   const long iters = 2000000000L / lanes;  // 48 GFLOP a thread: about half a second with AVX-512 or AVX2
   fn(iters / 20);                             // wake the cores up
   std::vector<std::thread> pool;

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import re
 import statistics
 import subprocess
@@ -256,6 +257,9 @@ def test_cpu_kernels_quick_record(tmp_path):
     assert math.isclose(h2h["speedup_fwd+bwd"], statistics.median(per_round), rel_tol=1e-9)
     # The FMA peak (bench/fma_peak.cpp) is built and run here: CI and the dev machines have a C++ compiler.
     assert rec["fma_peak_start"]["gflops"] > 0 and rec["fma_peak_end"]["gflops"] > 0, rec["fma_peak_start"]
+    # ... in the instruction set of the kernels' build (an AVX2 build is not held to the AVX-512 peak).
+    isa = cpu_kernels.FMA_PEAK_ISA[rec["machine"]["sagan_attn"]["cpu_isa"]]
+    assert rec["fma_peak_start"]["isa"] == rec["fma_peak_end"]["isa"] == isa
     peak = max(rec["fma_peak_start"]["gflops"], rec["fma_peak_end"]["gflops"])
     assert math.isclose(row["fwd_peak_frac"], row["fwd_gflops"] / peak, rel_tol=1e-12)
     sc, nt = rec["scaling"][0], rec["threads"]
@@ -268,6 +272,22 @@ def test_cpu_kernels_quick_record(tmp_path):
         per_round = [b / f for b, f in zip(t["bfloat16 fwd"], t["float32 fwd"])]
         assert len(per_round) == 3 * rec["repeats"]
         assert math.isclose(d["bf16_over_fp32_fwd"], statistics.median(per_round), rel_tol=1e-9)
+
+
+def test_fma_peak_instruction_set(tmp_path):
+    """bench/fma_peak.cpp measures the instruction set asked for (the SSE baseline runs on every x86-64
+    CPU), its best without one, and refuses a name it does not know."""
+    from bench import cpu_kernels
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the instruction sets named are x86-64's")
+    exe = cpu_kernels.build_fma_peak(str(tmp_path))
+    sse = cpu_kernels.fma_peak(exe, 1, "sse")
+    assert sse["isa"] == "sse" and sse["gflops"] > 0, sse
+    assert cpu_kernels.fma_peak(exe, 1, None)["isa"] in ("avx512", "avx2", "sse")
+    bad = subprocess.run([exe, "1", "neon"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
+    assert "error" in cpu_kernels.fma_peak(exe, 1, "neon")
 
 
 def test_interleaved_rounds_alternate_order():
