@@ -22,7 +22,10 @@ Head to head: the CPU target shapes of bench/shapes.py, sagan-attn against SDPA'
 k zero-padded to Cv (bench/impls.py's sdpa-flash-pad), forward (no grad) and forward+backward, through
 bench/impls.py as the sweep runs them, interleaved; the ratio is the median of the per-round ratios.
 Thread scaling times the same call at 1 thread and at every thread
-(torch.get_num_threads() at start), interleaved. Writes bench/results/cpu-kernels-<stamp>.{json,md}.
+(torch.get_num_threads() at start), interleaved. Phases: bench/cpu_phases.cpp (the kernels' instantiation
+file of their instruction set, built here with a timer at each phase of the forward's steps), one thread,
+the fastest of --repeats calls: the shares of the scores, the running maximum, the exps, the value product
+and the rest. Writes bench/results/cpu-kernels-<stamp>.{json,md}.
 """
 from __future__ import annotations
 
@@ -121,6 +124,36 @@ def gflops(fl: float, ms: float) -> float:
 FMA_PEAK_ISA = {"avx512": "avx512", "avx2": "avx2", "default": "sse"}
 
 
+# bench/cpu_phases.cpp's SAGAN_PHASES_ISA for each CPU kernel build.
+PHASES_ISA = {"default": 0, "avx2": 2, "avx512": 3}
+PHASES = ("scores", "max", "exp", "values")
+
+
+def build_cpu_phases(tmp: str, cpu_isa: str) -> str:
+    """bench/cpu_phases.cpp built in the folder tmp for the kernel build cpu_isa, as CMakeLists.txt
+    compiles the kernels (C++20, -O3, -ffp-contract=fast); returns the executable's path. Raises OSError or
+    subprocess.SubprocessError where it cannot be built."""
+    exe = os.path.join(tmp, "cpu_phases")
+    subprocess.run([os.environ.get("CXX", "c++"), "-std=c++20", "-O3", "-ffp-contract=fast", "-I", ROOT,
+                    f"-DSAGAN_PHASES_ISA={PHASES_ISA.get(cpu_isa, 0)}", os.path.join(ROOT, "bench", "cpu_phases.cpp"),
+                    "-o", exe], check=True, capture_output=True, text=True, timeout=600)
+    return exe
+
+
+def cpu_phases(exe: str, B: int, Cqk: int, Cv: int, N: int, calls: int) -> dict:
+    """The forward's phases at (B, Cqk, Cv, N = Nq = Nk), one thread, the fastest of `calls` calls:
+    {"shape", "total_ms", "ms" and "fraction" per phase and "rest", "scores_gflops", "values_gflops"}."""
+    out = subprocess.run([exe, str(B), str(Cqk), str(Cv), str(N), str(calls)], check=True, capture_output=True,
+                         text=True, timeout=600)
+    total, *parts = (int(v) for v in out.stdout.split())
+    ms = dict(zip(PHASES, (v * 1e-6 for v in parts)))
+    ms["rest"] = total * 1e-6 - sum(ms.values())
+    return {"shape": [B, Cqk, Cv, N, N], "total_ms": total * 1e-6, "ms": ms,
+            "fraction": {k: v / (total * 1e-6) for k, v in ms.items()},
+            "scores_gflops": gflops(2.0 * B * N * N * Cqk, ms["scores"]),
+            "values_gflops": gflops(2.0 * B * N * N * Cv, ms["values"])}
+
+
 def build_fma_peak(tmp: str) -> str:
     """bench/fma_peak.cpp built in the folder tmp with $CXX or c++; returns the executable's path. Raises
     OSError or subprocess.SubprocessError where it cannot be built."""
@@ -154,14 +187,21 @@ def run(args: argparse.Namespace) -> dict:
     record["matmul"] = mm
     mm_gflops = 1e3 * mm["tflops"]
     print(f"matmul float32, {threads} threads: n={mm['n']}, {mm_gflops:.1f} GFLOP/s", flush=True)
-    # The FMA peak in the kernels' instruction set, built once, measured at the start and at the end.
-    peak_isa = FMA_PEAK_ISA.get(record["machine"]["sagan_attn"].get("cpu_isa"))
+    # The FMA peak in the kernels' instruction set, built once, measured at the start and at the end;
+    # the phase timer built for it too.
+    cpu_isa = record["machine"]["sagan_attn"].get("cpu_isa")
+    peak_isa = FMA_PEAK_ISA.get(cpu_isa)
     peak_dir = tempfile.TemporaryDirectory()
     try:
         peak_exe: Optional[str] = build_fma_peak(peak_dir.name)
     except (OSError, subprocess.SubprocessError) as e:
         print(f"bench/fma_peak.cpp not built ({type(e).__name__}: {getattr(e, 'stderr', None) or e})", flush=True)
         peak_exe = None
+    try:
+        phases_exe: Optional[str] = build_cpu_phases(peak_dir.name, cpu_isa)
+        phases_error = None
+    except (OSError, subprocess.SubprocessError) as e:
+        phases_exe, phases_error = None, f"{type(e).__name__}: {getattr(e, 'stderr', None) or e}"
     record["fma_peak_start"] = fma_peak(peak_exe, threads, peak_isa)
     print(f"FMA peak, {threads} threads: {record['fma_peak_start']}", flush=True)
 
@@ -226,6 +266,22 @@ def run(args: argparse.Namespace) -> dict:
         record["dtypes"].append(d)
         print(f"bf16 / fp32 time at (Cqk, Cv) = ({cqk}, {cv}): fwd {d['bf16_over_fp32_fwd']:.2f}, "
               f"bwd {d['bf16_over_fp32_bwd']:.2f}", flush=True)
+    # The forward's phases, one thread, at the same two shapes.
+    record["phases"] = []
+    for cqk, cv in ((8, 64), (32, 256)):
+        if phases_exe is None:
+            record["phases"].append({"shape": [B, cqk, cv, N, N], "error": phases_error})
+            print(f"phases not measured: {phases_error}", flush=True)
+            continue
+        try:
+            ph = cpu_phases(phases_exe, B, cqk, cv, N, args.repeats)
+        except (OSError, subprocess.SubprocessError) as e:
+            ph = {"shape": [B, cqk, cv, N, N], "error": f"{type(e).__name__}: {getattr(e, 'stderr', None) or e}"}
+        ph["isa"] = cpu_isa
+        record["phases"].append(ph)
+        if "error" not in ph:
+            print(f"phases at (Cqk, Cv) = ({cqk}, {cv}), 1 thread, {ph['total_ms']:.1f} ms: "
+                  + ", ".join(f"{k} {100 * v:.1f}%" for k, v in ph["fraction"].items()), flush=True)
     record["fma_peak_end"] = fma_peak(peak_exe, threads, peak_isa)
     peak_dir.cleanup()
     peaks = [p["gflops"] for p in (record["fma_peak_start"], record["fma_peak_end"]) if "gflops" in p]
@@ -294,6 +350,21 @@ def markdown(rec: dict) -> str:
         out.append(f"| {tuple(d['shape'])} | {len(d['rounds_ms']['float32 fwd'])} "
                    f"| {d['ms']['bfloat16']['fwd']:.1f} / {d['ms']['float32']['fwd']:.1f} | x{d['bf16_over_fp32_fwd']:.2f} "
                    f"| {d['ms']['bfloat16']['bwd']:.1f} / {d['ms']['float32']['bwd']:.1f} | x{d['bf16_over_fp32_bwd']:.2f} |")
+    if rec.get("phases"):
+        out += ["", "The forward's phases (bench/cpu_phases.cpp, one thread, the fastest of "
+                f"{rec['repeats']} calls; value product h p^T with the rescale; rest: tile copies, final "
+                "normalisation):", "",
+                "| (B, Cqk, Cv, Nq, Nk) | build | total ms | scores | max | exp | values | rest "
+                "| scores GFLOP/s | values GFLOP/s |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for ph in rec["phases"]:
+            if "error" in ph:  # the cells of a shape not measured, and why
+                out.append(f"| {tuple(ph['shape'])} | not measured: {ph['error']} |" + " - |" * 8)
+                continue
+            fr = ph["fraction"]
+            out.append(f"| {tuple(ph['shape'])} | {ph['isa']} | {ph['total_ms']:.1f} | "
+                       + " | ".join(f"{100 * fr[k]:.1f}%" for k in PHASES + ("rest",))
+                       + f" | {ph['scores_gflops']:.1f} | {ph['values_gflops']:.1f} |")
     out.append("")
     return "\n".join(out)
 

@@ -208,6 +208,14 @@ inline void scale_row(T* v, int64_t n, T scale) {
 #define SAGAN_UNROLL
 #endif
 
+// The forward's phases, for a profiler: bench/cpu_phases.cpp defines SAGAN_CPU_PHASE(phase) before it
+// includes an instantiation file, and the forward calls it where each phase of a (query tile, key tile)
+// step ends (kStart: where the step begins). Elsewhere it is nothing.
+enum class ForwardPhase { kStart, kScores, kMax, kExp, kValues };
+#ifndef SAGAN_CPU_PHASE
+#define SAGAN_CPU_PHASE(phase) ((void)0)
+#endif
+
 // A hint to bring the cache line at p into L1 (a no-op where the compiler has no such builtin).
 #if defined(__GNUC__) || defined(__clang__)
 #define SAGAN_PREFETCH(p) __builtin_prefetch((p), 0, 3)
@@ -559,9 +567,11 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
         TileLines<S> next_h(h + b * p.h_sb + next_k0, CpuCompute<S>::kConverts ? Cv : 0, p.h_sc,
                             std::min(BK, Nk - next_k0));
         for (int64_t qt = 0; qt < tn; ++qt) {
+          SAGAN_CPU_PHASE(ForwardPhase::kStart);
           // st (kn x BQ) = g_tile^T f'_tile, the scores in base 2 (see qk_scale): one row per key,
           // queries along the lanes.
           gemm_tile<T>(kn, BQ, Cqk, gk.data(), 1, BK, fq.data() + qt * Cqk * BQ, BQ, st.data(), BQ, false);
+          SAGAN_CPU_PHASE(ForwardPhase::kScores);
           // Online softmax, lane by lane down the key rows: new running maximum, the rescale factor of
           // the old sums, the tile's exps and their sum. The maximum need not keep a NaN score (one
           // instruction, vmaxps, not three): that score's exp is NaN whatever the shift, and the row sum,
@@ -604,6 +614,7 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
             store_vec(&row_max[qt * BQ + v * L], mx[0][v]);
             sum[v] = Vec{};
           }
+          SAGAN_CPU_PHASE(ForwardPhase::kMax);
           // This query tile's share of the lines, spread evenly over its kn key rows: after row j,
           // (j + 1) lines / kn of them are prefetched (due counts lines x rows done, minus kn per line).
           const int64_t lines = (qt + 1) * next_h.count / tn - qt * next_h.count / tn;
@@ -622,9 +633,11 @@ void self_attn_fwd_impl(const SelfAttnFwdParams& p, const ParallelFor& parallel_
           for (int v = 0; v < NQ; ++v)
             store_vec(&row_sum[qt * BQ + v * L],
                       load_vec(&row_sum[qt * BQ + v * L]) * load_vec(&alpha[v * L]) + sum[v]);
+          SAGAN_CPU_PHASE(ForwardPhase::kExp);
           // acc (Cv x BQ) = acc alpha (each query's rescale) + h_tile (Cv x kn) st (kn x BQ)
           gemm_tile<T>(Cv, BQ, kn, ht, h_ld, 1, st.data(), BQ, acc.data() + qt * Cv * BQ, BQ,
                        RescaleAndAddToC<T>{alpha.data()});
+          SAGAN_CPU_PHASE(ForwardPhase::kValues);
         }
       }
 

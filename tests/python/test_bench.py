@@ -267,6 +267,16 @@ def test_cpu_kernels_quick_record(tmp_path):
     assert math.isclose(sc["speedup_bwd"], statistics.median(per_round), rel_tol=1e-9)
     assert len(sc["rounds_ms"]["1 fwd"]) == rec["repeats"]
     assert [d["shape"][1:3] for d in rec["dtypes"]] == [[8, 64], [32, 256]]  # the target shape and the widest
+    # The forward's phases (bench/cpu_phases.cpp, built here): every phase took time, they fit in the
+    # call, and the rates are the counted FLOPs over their times.
+    assert [ph["shape"][1:3] for ph in rec["phases"]] == [[8, 64], [32, 256]]
+    for ph in rec["phases"]:
+        assert "error" not in ph, ph
+        assert ph["isa"] == rec["machine"]["sagan_attn"]["cpu_isa"]
+        assert all(ph["ms"][k] > 0 for k in cpu_kernels.PHASES) and ph["ms"]["rest"] >= 0, ph["ms"]
+        assert math.isclose(sum(ph["fraction"].values()), 1.0, rel_tol=1e-9)
+        B, Cqk, Cv, N = ph["shape"][:4]
+        assert math.isclose(ph["values_gflops"], 2.0 * B * N * N * Cv / (ph["ms"]["values"] * 1e-3) / 1e9, rel_tol=1e-9)
     for d in rec["dtypes"]:
         t = d["rounds_ms"]
         per_round = [b / f for b, f in zip(t["bfloat16 fwd"], t["float32 fwd"])]

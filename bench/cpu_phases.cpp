@@ -1,0 +1,86 @@
+// Where the CPU forward's time goes: the library's own instantiation file of one instruction set, built
+// here with SAGAN_CPU_PHASE defined (kernels/cpu/self_attn_cpu_kernel.h), so that every (query tile,
+// key tile) step adds the time of its phases to one counter each: the scores (f'^T g), the running
+// maximum, the exps with their sums, the value product (h p^T, with the rescale). What is left of the
+// whole call is the rest: the tile copies and the final normalisation. One thread (the ParallelFor
+// below runs the work items in turn), float32, steady_clock (a few tens of ns per call, 5 calls per step
+// of some 13 us at (B, Cqk, Cv, N) = (4, 8, 64, 4096): about 1%). Built and run by bench/cpu_kernels.py:
+//   c++ -std=c++20 -O3 -ffp-contract=fast -I. -DSAGAN_PHASES_ISA=<0 default, 2 avx2, 3 avx512>
+//       bench/cpu_phases.cpp -o cpu_phases && ./cpu_phases <B> <Cqk> <Cv> <N> <calls>
+// prints the fastest call's "<total ns> <scores ns> <max ns> <exp ns> <values ns>".
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <vector>
+
+namespace sagan_phases {
+// Nanoseconds per phase (indexed by ForwardPhase), and the end of the last one.
+int64_t ns[5];
+std::chrono::steady_clock::time_point last;
+inline void mark(int phase) {
+  const auto now = std::chrono::steady_clock::now();
+  if (phase > 0) ns[phase] += std::chrono::duration_cast<std::chrono::nanoseconds>(now - last).count();
+  last = now;
+}
+}  // namespace sagan_phases
+#define SAGAN_CPU_PHASE(phase) ::sagan_phases::mark(static_cast<int>(phase))
+
+#if SAGAN_PHASES_ISA == 3
+#include "kernels/cpu/instantiations/self_attn_cpu_avx512.cpp"
+namespace isa = sagan::kernels::cpu::isa_avx512;
+#elif SAGAN_PHASES_ISA == 2
+#include "kernels/cpu/instantiations/self_attn_cpu_avx2.cpp"
+namespace isa = sagan::kernels::cpu::isa_avx2;
+#else
+#include "kernels/cpu/instantiations/self_attn_cpu_default.cpp"
+namespace isa = sagan::kernels::cpu::isa_default;
+#endif
+
+int main(int argc, char** argv) {
+  if (argc != 6) {
+    std::fprintf(stderr, "usage: cpu_phases <B> <Cqk> <Cv> <N> <calls>\n");
+    return 2;
+  }
+  const int64_t B = std::atoll(argv[1]), Cqk = std::atoll(argv[2]), Cv = std::atoll(argv[3]),
+                N = std::atoll(argv[4]);
+  const int calls = std::atoi(argv[5]);
+  if (B < 1 || Cqk < 1 || Cv < 1 || N < 1 || calls < 1) {
+    std::fprintf(stderr, "cpu_phases: every size and the number of calls must be >= 1\n");
+    return 2;
+  }
+  std::mt19937 rng(0);
+  std::normal_distribution<float> normal;
+  std::vector<float> f(B * Cqk * N), g(B * Cqk * N), h(B * Cv * N), x(B * Cv * N), y(B * Cv * N), o(B * Cv * N);
+  for (auto* t : {&f, &g, &h, &x})
+    for (float& v : *t) v = normal(rng);
+  std::vector<double> lse(B * N);
+  const float gamma = 0.5f;
+  sagan::kernels::SelfAttnFwdParams p;
+  p.B = B, p.Cqk = Cqk, p.Cv = Cv, p.Nq = N, p.Nk = N;
+  p.f = f.data(), p.f_sb = Cqk * N, p.f_sc = N;
+  p.g = g.data(), p.g_sb = Cqk * N, p.g_sc = N;
+  p.h = h.data(), p.h_sb = Cv * N, p.h_sc = N;
+  p.x = x.data(), p.x_sb = Cv * N, p.x_sc = N;
+  p.gamma = &gamma, p.y = y.data(), p.o = o.data(), p.lse = lse.data(), p.scale = 1.0;
+  const sagan::kernels::ParallelFor one_thread = [](int64_t n, const std::function<void(int64_t, int64_t)>& body) {
+    body(0, n);
+  };
+  int64_t best[5] = {0, 0, 0, 0, 0};
+  for (int c = 0; c < calls; ++c) {
+    for (int64_t& v : sagan_phases::ns) v = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    isa::self_attn_fwd_impl<float>(p, one_thread);
+    const int64_t total =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+    if (c == 0 || total < best[0]) {
+      best[0] = total;
+      for (int i = 1; i < 5; ++i) best[i] = sagan_phases::ns[i];
+    }
+  }
+  std::printf("%lld %lld %lld %lld %lld\n", static_cast<long long>(best[0]), static_cast<long long>(best[1]),
+              static_cast<long long>(best[2]), static_cast<long long>(best[3]), static_cast<long long>(best[4]));
+  return 0;
+}
