@@ -127,17 +127,29 @@ FMA_PEAK_ISA = {"avx512": "avx512", "avx2": "avx2", "default": "sse"}
 # bench/cpu_phases.cpp's SAGAN_PHASES_ISA for each CPU kernel build.
 PHASES_ISA = {"default": 0, "avx2": 2, "avx512": 3}
 PHASES = ("scores", "max", "exp", "values")
+# (Cqk, Cv) of the bf16-vs-fp32 and phase measurements: the target shape and the grid's widest.
+DETAIL_SHAPES = ((8, 64), (32, 256))
+
+
+def error_text(e: BaseException) -> str:
+    """What a failed build or run of a helper program said: the exception's type and the program's stderr."""
+    return f"{type(e).__name__}: {getattr(e, 'stderr', None) or e}"
+
+
+def build_helper(tmp: str, name: str, flags: Sequence[str], timeout: float) -> str:
+    """bench/<name>.cpp built in the folder tmp with $CXX or c++ and flags, within timeout seconds; returns
+    the executable's path. Raises OSError or subprocess.SubprocessError where it cannot be built."""
+    exe = os.path.join(tmp, name)
+    subprocess.run([os.environ.get("CXX", "c++"), *flags, os.path.join(ROOT, "bench", name + ".cpp"), "-o", exe],
+                   check=True, capture_output=True, text=True, timeout=timeout)
+    return exe
 
 
 def build_cpu_phases(tmp: str, cpu_isa: str) -> str:
     """bench/cpu_phases.cpp built in the folder tmp for the kernel build cpu_isa, as CMakeLists.txt
-    compiles the kernels (C++20, -O3, -ffp-contract=fast); returns the executable's path. Raises OSError or
-    subprocess.SubprocessError where it cannot be built."""
-    exe = os.path.join(tmp, "cpu_phases")
-    subprocess.run([os.environ.get("CXX", "c++"), "-std=c++20", "-O3", "-ffp-contract=fast", "-I", ROOT,
-                    f"-DSAGAN_PHASES_ISA={PHASES_ISA.get(cpu_isa, 0)}", os.path.join(ROOT, "bench", "cpu_phases.cpp"),
-                    "-o", exe], check=True, capture_output=True, text=True, timeout=600)
-    return exe
+    compiles the kernels (C++20, -O3, -ffp-contract=fast)."""
+    return build_helper(tmp, "cpu_phases", ["-std=c++20", "-O3", "-ffp-contract=fast", "-I", ROOT,
+                                            f"-DSAGAN_PHASES_ISA={PHASES_ISA.get(cpu_isa, 0)}"], timeout=600)
 
 
 def cpu_phases(exe: str, B: int, Cqk: int, Cv: int, N: int, calls: int) -> dict:
@@ -155,12 +167,8 @@ def cpu_phases(exe: str, B: int, Cqk: int, Cv: int, N: int, calls: int) -> dict:
 
 
 def build_fma_peak(tmp: str) -> str:
-    """bench/fma_peak.cpp built in the folder tmp with $CXX or c++; returns the executable's path. Raises
-    OSError or subprocess.SubprocessError where it cannot be built."""
-    exe = os.path.join(tmp, "fma_peak")
-    subprocess.run([os.environ.get("CXX", "c++"), "-O3", "-pthread", os.path.join(ROOT, "bench", "fma_peak.cpp"),
-                    "-o", exe], check=True, capture_output=True, text=True, timeout=120)
-    return exe
+    """bench/fma_peak.cpp built in the folder tmp."""
+    return build_helper(tmp, "fma_peak", ["-O3", "-pthread"], timeout=120)
 
 
 def fma_peak(exe: Optional[str], threads: int, isa: Optional[str]) -> dict:
@@ -173,7 +181,7 @@ def fma_peak(exe: Optional[str], threads: int, isa: Optional[str]) -> dict:
         out = subprocess.run([exe, str(threads)] + ([isa] if isa else []), check=True, capture_output=True,
                              text=True, timeout=120)
     except (OSError, subprocess.SubprocessError) as e:
-        return {"error": f"{type(e).__name__}: {getattr(e, 'stderr', None) or e}"}
+        return {"error": error_text(e)}
     value, got = out.stdout.split()
     return {"gflops": float(value), "isa": got}
 
@@ -195,13 +203,13 @@ def run(args: argparse.Namespace) -> dict:
     try:
         peak_exe: Optional[str] = build_fma_peak(peak_dir.name)
     except (OSError, subprocess.SubprocessError) as e:
-        print(f"bench/fma_peak.cpp not built ({type(e).__name__}: {getattr(e, 'stderr', None) or e})", flush=True)
+        print(f"bench/fma_peak.cpp not built ({error_text(e)})", flush=True)
         peak_exe = None
     try:
         phases_exe: Optional[str] = build_cpu_phases(peak_dir.name, cpu_isa)
         phases_error = None
     except (OSError, subprocess.SubprocessError) as e:
-        phases_exe, phases_error = None, f"{type(e).__name__}: {getattr(e, 'stderr', None) or e}"
+        phases_exe, phases_error = None, error_text(e)
     record["fma_peak_start"] = fma_peak(peak_exe, threads, peak_isa)
     print(f"FMA peak, {threads} threads: {record['fma_peak_start']}", flush=True)
 
@@ -254,7 +262,7 @@ def run(args: argparse.Namespace) -> dict:
     # interleaved: the ratios are medians of per-round ratios, as everywhere above, over 3x the rounds
     # (a few seconds), for a difference of a few percent.
     record["dtypes"] = []
-    for cqk, cv in ((8, 64), (32, 256)):
+    for cqk, cv in DETAIL_SHAPES:
         fns = {f"{name} {step}": fn for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))
                for step, fn in pass_fns(B, cqk, cv, N, dtype).items()}
         t = interleaved_ms(fns, "cpu", warmup=1, rounds=3 * args.repeats)
@@ -268,7 +276,7 @@ def run(args: argparse.Namespace) -> dict:
               f"bwd {d['bf16_over_fp32_bwd']:.2f}", flush=True)
     # The forward's phases, one thread, at the same two shapes.
     record["phases"] = []
-    for cqk, cv in ((8, 64), (32, 256)):
+    for cqk, cv in DETAIL_SHAPES:
         if phases_exe is None:
             record["phases"].append({"shape": [B, cqk, cv, N, N], "error": phases_error})
             print(f"phases not measured: {phases_error}", flush=True)
@@ -276,7 +284,7 @@ def run(args: argparse.Namespace) -> dict:
         try:
             ph = cpu_phases(phases_exe, B, cqk, cv, N, args.repeats)
         except (OSError, subprocess.SubprocessError) as e:
-            ph = {"shape": [B, cqk, cv, N, N], "error": f"{type(e).__name__}: {getattr(e, 'stderr', None) or e}"}
+            ph = {"shape": [B, cqk, cv, N, N], "error": error_text(e)}
         ph["isa"] = cpu_isa
         record["phases"].append(ph)
         if "error" not in ph:
