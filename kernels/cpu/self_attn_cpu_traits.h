@@ -28,7 +28,8 @@ struct CpuCompute<BFloat16Storage> {
 // kBlockQ x kBlockK is the score tile: kBlockQ queries along the vector lanes, kBlockK keys. The
 // forward and the backward hold it key-major (one row per key, queries contiguous), so the online
 // softmax's per-query maximum and sum run down the rows, lane-wise, and the tile is the right-hand
-// operand of the value product as it stands. The backward's tiles are kBackwardBlockK keys tall. Every
+// operand of the value product as it stands (the forward's in panels of one register block's width:
+// ScorePanels in self_attn_cpu_kernel.h). The backward's tiles are kBackwardBlockK keys tall. Every
 // size is a multiple of every register width, and the key sizes of the micro-kernel's 6 rows.
 // Measured (bench/cpu_kernels.py's shapes, AVX-512, one thread, min of interleaved runs): the forward
 // is fastest at 96 to 128 keys (192: 7% slower); the backward at 192 (4 to 7% faster than 128 at
