@@ -136,27 +136,31 @@ def error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {getattr(e, 'stderr', None) or e}"
 
 
-def build_helper(tmp: str, name: str, flags: Sequence[str], timeout: float) -> str:
-    """bench/<name>.cpp built in the folder tmp with $CXX or c++ and flags, within timeout seconds; returns
-    the executable's path. Raises OSError or subprocess.SubprocessError where it cannot be built."""
+def build_helper(tmp: str, name: str, flags: Sequence[str], timeout: float, root: str = ROOT) -> str:
+    """<root>/bench/<name>.cpp (by default this checkout's) built in the folder tmp with $CXX or c++ and
+    flags, within timeout seconds; returns the executable's path. Raises OSError or
+    subprocess.SubprocessError where it cannot be built."""
     exe = os.path.join(tmp, name)
-    subprocess.run([os.environ.get("CXX", "c++"), *flags, os.path.join(ROOT, "bench", name + ".cpp"), "-o", exe],
+    subprocess.run([os.environ.get("CXX", "c++"), *flags, os.path.join(root, "bench", name + ".cpp"), "-o", exe],
                    check=True, capture_output=True, text=True, timeout=timeout)
     return exe
 
 
-def build_cpu_phases(tmp: str, cpu_isa: str) -> str:
+def build_cpu_phases(tmp: str, cpu_isa: str, root: str = ROOT) -> str:
     """bench/cpu_phases.cpp built in the folder tmp for the kernel build cpu_isa, as CMakeLists.txt
-    compiles the kernels (C++20, -O3, -ffp-contract=fast)."""
-    return build_helper(tmp, "cpu_phases", ["-std=c++20", "-O3", "-ffp-contract=fast", "-I", ROOT,
-                                            f"-DSAGAN_PHASES_ISA={PHASES_ISA.get(cpu_isa, 0)}"], timeout=600)
+    compiles the kernels (C++20, -O3, -ffp-contract=fast), from the kernels of the tree at root (by
+    default this checkout; bench/cpu_ab.py passes a revision's)."""
+    return build_helper(tmp, "cpu_phases", ["-std=c++20", "-O3", "-ffp-contract=fast", "-I", root,
+                                            f"-DSAGAN_PHASES_ISA={PHASES_ISA.get(cpu_isa, 0)}"], timeout=600, root=root)
 
 
-def cpu_phases(exe: str, B: int, Cqk: int, Cv: int, N: int, calls: int) -> dict:
+def cpu_phases(exe: str, B: int, Cqk: int, Cv: int, N: int, calls: int,
+               preexec_fn: Optional[Callable[[], None]] = None) -> dict:
     """The forward's phases at (B, Cqk, Cv, N = Nq = Nk), one thread, the fastest of `calls` calls:
-    {"shape", "total_ms", "ms" and "fraction" per phase and "rest", "scores_gflops", "values_gflops"}."""
+    {"shape", "total_ms", "ms" and "fraction" per phase and "rest", "scores_gflops", "values_gflops"}.
+    preexec_fn runs in the child before the timer starts (bench/cpu_ab.py pins it to one CPU)."""
     out = subprocess.run([exe, str(B), str(Cqk), str(Cv), str(N), str(calls)], check=True, capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=600, preexec_fn=preexec_fn)
     total, *parts = (int(v) for v in out.stdout.split())
     ms = dict(zip(PHASES, (v * 1e-6 for v in parts)))
     ms["rest"] = total * 1e-6 - sum(ms.values())

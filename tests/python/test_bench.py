@@ -300,6 +300,39 @@ def test_fma_peak_instruction_set(tmp_path):
     assert "error" in cpu_kernels.fma_peak(exe, 1, "neon")
 
 
+def test_cpu_ab_against_head(tmp_path):
+    """bench/cpu_ab.py builds the phase timer from a revision's kernels and from the working tree, runs
+    them interleaved and records what its Markdown reports: the ratio is the median of the per-round
+    ratios of the times it keeps, the base is the revision asked for, and each side's phases fit in its
+    calls. A revision git does not know is an error (exit 1), not a record. No assertion is on speed."""
+    from bench import cpu_ab
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    assert cpu_ab.main(["--base", "HEAD", "--isa", "default", "--shape", "1,1,3,77", "--rounds", "3",
+                        "--calls", "1", "--out", str(tmp_path)]) == 0
+    (json_path,) = tmp_path.glob("cpu-ab-*.json")
+    rec = json.loads(json_path.read_text())
+    md = (tmp_path / json_path.name.replace(".json", ".md")).read_text()
+    assert rec["base"]["commit"] == head and rec["isa"] == "default" and head[:12] in md
+    (row,) = rec["shapes"]
+    assert row["shape"] == [1, 1, 3, 77, 77]
+    t = row["rounds_total_ms"]
+    assert len(t["base"]) == len(t["new"]) == 3
+    assert math.isclose(row["ratio_median"], statistics.median(n / b for n, b in zip(t["new"], t["base"])),
+                        rel_tol=1e-12)
+    assert f"{row['ratio_median']:.3f}" in md
+    for side in ("base", "new"):
+        assert math.isclose(row[side]["total_ms"]["min"], min(t[side]), rel_tol=1e-12)
+        for total, ms in zip(t[side], row["rounds_ms"][side]):
+            assert all(v >= 0 for v in ms.values()) and math.isclose(sum(ms.values()), total, rel_tol=1e-9)
+    assert cpu_ab.main(["--base", "no-such-revision-xyz", "--out", str(tmp_path / "bad")]) == 1
+    assert not (tmp_path / "bad").exists()
+
+
 def test_interleaved_rounds_alternate_order():
     """interleaved_ms takes the fns in order on even rounds and reversed on odd ones, one time per
     call, and ratio_median is the median of the per-round ratios."""
