@@ -511,10 +511,12 @@ void transpose_padded(int64_t B, int64_t C, int64_t N, const S* src, int64_t sb,
 // bytes apart: 128 lines crowded into a quarter of the L1 sets, where the rows of h compete for the same
 // ways. The stride is padded by one row so that panels do not lie a multiple of 4 KiB apart (128 rows of
 // 16 floats would be 8 KiB). Bitwise the same results: only where the scores lie changes.
-// Measured on Zen 4, AVX2 build, one thread, bench/cpu_phases.cpp interleaved with the plain rows, median
-// of the per-round ratios of the forward's time: 0.91 at (B, Cqk, Cv, N) = (4, 8, 64, 4096), 0.91 at
-// (4, 16, 128, 4096), 0.95 at (4, 32, 256, 4096) (the scores and the value product 4-13% faster, the exps
-// 8%); panels without the pad: 0.99. AVX-512 holds one panel of 64 floats, the plain layout: 0.99.
+// Measured on Zen 4 with bench/cpu_ab.py (one thread, interleaved with the plain rows, median of the
+// per-round ratios of the forward's time; bench/results/cpu-ab-20261203-151717.md, 20 rounds): AVX2
+// 0.96 at (B, Cqk, Cv, N) = (4, 8, 64, 4096), 0.94 at (4, 16, 128, 4096), 0.93 at (4, 32, 256, 4096),
+// the scores, the exps and the value product each faster; in four other runs 0.91-1.04 at (4, 8, 64) on
+// this drifting VM. Panels 8 KiB apart (no pad) measured 0.99 in development. AVX-512, whose one
+// panel is the plain layout: 0.99 and 1.00 (cpu-ab-20261203-151851.md).
 template <typename T>
 struct ScorePanels {
   static constexpr int kRegisters = CpuRegisterBlock<T, kVecBytes>::kNV;
