@@ -18,7 +18,6 @@ Writes bench/results/cpu-ab-<stamp>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -32,7 +31,7 @@ if __package__ in (None, ""):  # python bench/cpu_ab.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.cpu_kernels import PHASES, PHASES_ISA, ROOT, build_cpu_phases, cpu_phases  # noqa: E402
-from bench.measure import git_state, machine  # noqa: E402
+from bench.measure import git_state, machine, write_record  # noqa: E402
 
 DEFAULT_SHAPES = ((4, 8, 64, 4096), (4, 32, 256, 4096))
 # What a revision's tree must hold to build bench/cpu_phases.cpp from its own kernels.
@@ -178,12 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except RevisionError as e:
         print(f"cpu_ab: {e}", file=sys.stderr)
         return 1
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "cpu-ab-" + time.strftime("%Y%m%d-%H%M%S"))
-    with open(stem + ".json", "w") as fh:
-        json.dump(rec, fh, indent=1)
-    with open(stem + ".md", "w") as fh:
-        fh.write(markdown(rec))
+    stem = write_record(args.out, "cpu-ab", rec, markdown(rec))
     print(f"wrote {stem}.json and .md")
     return 0
 

@@ -30,7 +30,6 @@ and the rest. Writes bench/results/cpu-kernels-<stamp>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -49,7 +48,7 @@ import sagan_attn  # noqa: E402,F401  (registers torch.ops.sagan)
 from sagan_attn.measure import interleaved_ms, ratio_median  # noqa: E402
 
 from bench import impls  # noqa: E402
-from bench.measure import git_state, machine, matmul_tflops  # noqa: E402
+from bench.measure import git_state, machine, matmul_tflops, write_record  # noqa: E402
 from bench.shapes import CPU_TARGETS  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -393,12 +392,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.quick:
         args.n, args.scaling_n, args.batch, args.repeats = 512, 1024, 1, 2
     rec = run(args)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "cpu-kernels-" + time.strftime("%Y%m%d-%H%M%S"))
-    with open(stem + ".json", "w") as fh:
-        json.dump(rec, fh, indent=1)
-    with open(stem + ".md", "w") as fh:
-        fh.write(markdown(rec))
+    stem = write_record(args.out, "cpu-kernels", rec, markdown(rec))
     print(f"wrote {stem}.json and .md")
     return 0
 

@@ -171,6 +171,18 @@ def machine(device: str) -> dict:
     return info
 
 
+def write_record(out_dir: str, prefix: str, record: dict, markdown: str) -> str:
+    """record as <out_dir>/<prefix>-<date>-<time>.json and its Markdown beside it (.md); returns the path
+    without the extension."""
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
+    with open(stem + ".json", "w") as fh:
+        json.dump(record, fh, indent=1)
+    with open(stem + ".md", "w") as fh:
+        fh.write(markdown)
+    return stem
+
+
 def safe_name(text: str) -> str:
     """Letters, digits, '.', '_' and '-' only (file names of the results)."""
     out = "".join(c if c.isalnum() and c.isascii() or c in "._-" else "-" for c in text)

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
@@ -34,7 +33,7 @@ import sagan_attn  # noqa: F401  (registers torch.ops.sagan)
 from sagan_attn import reference
 from sagan_attn.measure import cpu_peak_bytes, emit, median_ms, run_worker
 
-from .measure import git_state, machine
+from .measure import git_state, machine, write_record
 
 IMPLS = ["fused", "composite", "notebook", "sdpa-math"]
 WORKER_FLAG = "--_worker"
@@ -164,12 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ms = f"{r['ms']:.0f}" if isinstance(r["ms"], float) else str(r["ms"])
             pk = f"{r['peak_mib']:.0f}" if isinstance(r["peak_mib"], float) else str(r["peak_mib"])
             lines.append(f"| {side}x{side} ({r['N']}) | {impl} | {ms} | {ratio} | {pk} | {mem} |")
-    os.makedirs(args.out, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    with open(os.path.join(args.out, f"penalty-{stamp}.json"), "w") as fh:
-        json.dump(record, fh, indent=1)
-    with open(os.path.join(args.out, f"penalty-{stamp}.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    write_record(args.out, "penalty", record, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
