@@ -145,12 +145,14 @@ def build_helper(tmp: str, name: str, flags: Sequence[str], timeout: float, root
     return exe
 
 
-def build_cpu_phases(tmp: str, cpu_isa: str, root: str = ROOT) -> str:
+def build_cpu_phases(tmp: str, cpu_isa: str, root: str = ROOT, count: bool = False) -> str:
     """bench/cpu_phases.cpp built in the folder tmp for the kernel build cpu_isa, as CMakeLists.txt
     compiles the kernels (C++20, -O3, -ffp-contract=fast), from the kernels of the tree at root (by
-    default this checkout; bench/cpu_ab.py passes a revision's)."""
+    default this checkout; bench/cpu_ab.py passes a revision's); with count, the build that callgrind
+    counts phase by phase (bench/cpu_instructions.py) instead of the timer."""
     return build_helper(tmp, "cpu_phases", ["-std=c++20", "-O3", "-ffp-contract=fast", "-I", root,
-                                            f"-DSAGAN_PHASES_ISA={PHASES_ISA.get(cpu_isa, 0)}"], timeout=600, root=root)
+                                            f"-DSAGAN_PHASES_ISA={PHASES_ISA.get(cpu_isa, 0)}",
+                                            f"-DSAGAN_PHASES_COUNT={int(count)}"], timeout=600, root=root)
 
 
 def cpu_phases(exe: str, B: int, Cqk: int, Cv: int, N: int, calls: int,

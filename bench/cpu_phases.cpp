@@ -8,6 +8,12 @@
 //   c++ -std=c++20 -O3 -ffp-contract=fast -I. -DSAGAN_PHASES_ISA=<0 default, 2 avx2, 3 avx512>
 //       bench/cpu_phases.cpp -o cpu_phases && ./cpu_phases <B> <Cqk> <Cv> <N> <calls>
 // prints the fastest call's "<total ns> <scores ns> <max ns> <exp ns> <values ns>".
+//
+// Built with -DSAGAN_PHASES_COUNT=1 instead, it counts rather than times, under valgrind's callgrind
+// (bench/cpu_instructions.py): `valgrind --tool=callgrind --collect-atstart=no ./cpu_phases <B> <Cqk>
+// <Cv> <N> <phase>` makes two calls and collects the second one's events only within one phase, on
+// entering it and off on leaving it at every step (phase 1-4: scores, max, exp, values), or over the
+// whole call (phase 0). Instruction counts so taken are the same on any x86-64 CPU for the same binary.
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -16,7 +22,22 @@
 #include <random>
 #include <vector>
 
+#ifndef SAGAN_PHASES_COUNT
+#define SAGAN_PHASES_COUNT 0
+#endif
+#if SAGAN_PHASES_COUNT
+#include <valgrind/callgrind.h>
+#endif
+
 namespace sagan_phases {
+#if SAGAN_PHASES_COUNT
+// The phase whose events callgrind collects (0: the whole call), and whether this call is the counted one.
+int counted = 0;
+bool counting = false;
+inline void mark(int phase) {
+  if (counting && counted > 0 && (phase == counted - 1 || phase == counted)) CALLGRIND_TOGGLE_COLLECT;
+}
+#else
 // Nanoseconds per phase (indexed by ForwardPhase), and the end of the last one.
 int64_t ns[5];
 std::chrono::steady_clock::time_point last;
@@ -25,6 +46,7 @@ inline void mark(int phase) {
   if (phase > 0) ns[phase] += std::chrono::duration_cast<std::chrono::nanoseconds>(now - last).count();
   last = now;
 }
+#endif
 }  // namespace sagan_phases
 #define SAGAN_CPU_PHASE(phase) ::sagan_phases::mark(static_cast<int>(phase))
 
@@ -40,15 +62,22 @@ namespace isa = sagan::kernels::cpu::isa_default;
 #endif
 
 int main(int argc, char** argv) {
+#if SAGAN_PHASES_COUNT
+  const char* last_arg = "phase";
+#else
+  const char* last_arg = "calls";
+#endif
   if (argc != 6) {
-    std::fprintf(stderr, "usage: cpu_phases <B> <Cqk> <Cv> <N> <calls>\n");
+    std::fprintf(stderr, "usage: cpu_phases <B> <Cqk> <Cv> <N> <%s>\n", last_arg);
     return 2;
   }
   const int64_t B = std::atoll(argv[1]), Cqk = std::atoll(argv[2]), Cv = std::atoll(argv[3]),
                 N = std::atoll(argv[4]);
-  const int calls = std::atoi(argv[5]);
-  if (B < 1 || Cqk < 1 || Cv < 1 || N < 1 || calls < 1) {
-    std::fprintf(stderr, "cpu_phases: every size and the number of calls must be >= 1\n");
+  const int last = std::atoi(argv[5]);
+  if (B < 1 || Cqk < 1 || Cv < 1 || N < 1 || last < (SAGAN_PHASES_COUNT ? 0 : 1) ||
+      last > (SAGAN_PHASES_COUNT ? 4 : 1 << 30)) {
+    std::fprintf(stderr, "cpu_phases: every size must be >= 1, and %s\n",
+                 SAGAN_PHASES_COUNT ? "the phase 0 (the whole call) to 4" : "the number of calls >= 1");
     return 2;
   }
   std::mt19937 rng(0);
@@ -68,6 +97,16 @@ int main(int argc, char** argv) {
   const sagan::kernels::ParallelFor one_thread = [](int64_t n, const std::function<void(int64_t, int64_t)>& body) {
     body(0, n);
   };
+#if SAGAN_PHASES_COUNT
+  sagan_phases::counted = last;
+  sagan_phases::counting = true;
+  CALLGRIND_START_INSTRUMENTATION;
+  if (last == 0) CALLGRIND_TOGGLE_COLLECT;
+  isa::self_attn_fwd_impl<float>(p, one_thread);
+  if (last == 0) CALLGRIND_TOGGLE_COLLECT;
+  std::printf("%g\n", static_cast<double>(o[0]));  // the output is used
+#else
+  const int calls = last;
   int64_t best[5] = {0, 0, 0, 0, 0};
   for (int c = 0; c < calls; ++c) {
     for (int64_t& v : sagan_phases::ns) v = 0;
@@ -82,5 +121,6 @@ int main(int argc, char** argv) {
   }
   std::printf("%lld %lld %lld %lld %lld\n", static_cast<long long>(best[0]), static_cast<long long>(best[1]),
               static_cast<long long>(best[2]), static_cast<long long>(best[3]), static_cast<long long>(best[4]));
+#endif
   return 0;
 }

@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -330,6 +331,46 @@ def test_cpu_ab_against_head(tmp_path):
         for total, ms in zip(t[side], row["rounds_ms"][side]):
             assert all(v >= 0 for v in ms.values()) and math.isclose(sum(ms.values()), total, rel_tol=1e-9)
     assert cpu_ab.main(["--base", "no-such-revision-xyz", "--out", str(tmp_path / "bad")]) == 1
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cpu_instructions_against_head(tmp_path):
+    """bench/cpu_instructions.py counts the forward's phases under callgrind, for a revision's kernels and
+    the working tree's: every phase executes instructions, the products at least the multiply-adds they
+    need, and the call is its phases and the rest. Counts depend on the binary only, so where the working
+    tree's kernels are HEAD's, both sides count exactly the same. The AVX-512 build, which valgrind
+    cannot decode, is refused (exit 1) without a record."""
+    from bench import cpu_instructions
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the builds counted are x86-64's")
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed")
+    try:
+        kernels_as_head = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "kernels"], cwd=ROOT,
+                                         capture_output=True).returncode == 0
+    except OSError:
+        pytest.skip("git is not installed")
+    assert cpu_instructions.main(["--base", "HEAD", "--isa", "default", "--shape", "1,3,10,200",
+                                  "--out", str(tmp_path)]) == 0
+    (json_path,) = tmp_path.glob("cpu-instructions-*.json")
+    rec = json.loads(json_path.read_text())
+    md = (tmp_path / json_path.name.replace(".json", ".md")).read_text()
+    rows = {row["side"]: row for row in rec["rows"]}
+    assert set(rows) == {"base", "new"}
+    for row in rows.values():
+        assert row["shape"] == [1, 3, 10, 200, 200] and row["pairs"] == 200 * 200
+        c, pp = row["counts"], row["per_pair"]
+        assert all(c[k]["Ir"] > 0 for k in ("scores", "max", "exp", "values", "rest"))
+        assert c["call"]["Ir"] == sum(c[k]["Ir"] for k in ("scores", "max", "exp", "values", "rest"))
+        # The baseline build: 4 lanes, a multiply and an add per multiply-add.
+        assert row["floor"] == {"scores": 2 * 3 / 4, "values": 2 * 10 / 4}
+        assert pp["scores"]["instructions"] >= row["floor"]["scores"]
+        assert pp["values"]["instructions"] >= row["floor"]["values"]
+        assert f"{pp['call']['instructions']:.2f}" in md
+    if kernels_as_head:
+        assert rows["base"]["counts"] == rows["new"]["counts"]
+    assert cpu_instructions.main(["--isa", "avx512", "--out", str(tmp_path / "bad")]) == 1
     assert not (tmp_path / "bad").exists()
 
 
