@@ -146,7 +146,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             record["rows"].append(row)
             print(json.dumps(row), flush=True)
 
-    lines = [f"# R1 penalty step, attention block (B=1, C=64, Cqk=8, float32, CPU)",
+    lines = ["# R1 penalty step, attention block (B=1, C=64, Cqk=8, float32, CPU)",
              "", f"commit {record['git']['commit'][:12]}{' (dirty)' if record['git']['dirty'] else ''}, "
              f"{record['machine']['cpu']}, {record['machine']['threads']} threads, torch {record['machine']['torch']}",
              "", "| N | impl | step ms (median) | speed-up over notebook | peak MiB | % of notebook memory |",
