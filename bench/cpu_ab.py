@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # python bench/cpu_ab.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.cpu_kernels import PHASES, PHASES_ISA, ROOT, build_cpu_phases, cpu_phases  # noqa: E402
-from bench.measure import git_state, machine, write_record  # noqa: E402
+from bench.measure import git_state, machine, run_to_record  # noqa: E402
 
 DEFAULT_SHAPES = ((4, 8, 64, 4096), (4, 32, 256, 4096))
 # What a revision's tree must hold to build bench/cpu_phases.cpp from its own kernels.
@@ -169,17 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.shape = args.shape or list(DEFAULT_SHAPES)
     if args.rounds < 1 or args.calls < 1:
         p.error("--rounds and --calls must be at least 1")
-    try:
-        rec = run(args)
-    except subprocess.CalledProcessError as e:
-        print(f"cpu_ab: {' '.join(e.cmd)} failed: {(e.stderr or '').strip()}", file=sys.stderr)
-        return 1
-    except RevisionError as e:
-        print(f"cpu_ab: {e}", file=sys.stderr)
-        return 1
-    stem = write_record(args.out, "cpu-ab", rec, markdown(rec))
-    print(f"wrote {stem}.json and .md")
-    return 0
+    return run_to_record("cpu_ab", lambda: run(args), markdown, args.out, "cpu-ab", errors=(RevisionError,))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ if __package__ in (None, ""):  # python bench/cpu_instructions.py
 
 from bench.cpu_ab import RevisionError, revision_tree, shape_arg  # noqa: E402
 from bench.cpu_kernels import PHASES, ROOT, build_cpu_phases, error_text  # noqa: E402
-from bench.measure import git_state, machine, write_record  # noqa: E402
+from bench.measure import git_state, machine, run_to_record  # noqa: E402
 
 DEFAULT_SHAPES = ((1, 8, 64, 1024), (1, 32, 256, 1024))
 # The builds callgrind can run (valgrind 3.19 decodes AVX2, not AVX-512), with their float lanes and the
@@ -199,17 +199,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.shape = args.shape or list(DEFAULT_SHAPES)
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
-    try:
-        rec = run(args)
-    except subprocess.CalledProcessError as e:
-        print(f"cpu_instructions: {' '.join(e.cmd)} failed: {(e.stderr or '').strip()[-400:]}", file=sys.stderr)
-        return 1
-    except (CountError, RevisionError) as e:
-        print(f"cpu_instructions: {e}", file=sys.stderr)
-        return 1
-    stem = write_record(args.out, "cpu-instructions", rec, markdown(rec))
-    print(f"wrote {stem}.json and .md")
-    return 0
+    return run_to_record("cpu_instructions", lambda: run(args), markdown, args.out, "cpu-instructions",
+                         errors=(CountError, RevisionError))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple, Type
 
 import torch
 
@@ -169,6 +170,26 @@ def machine(device: str) -> dict:
     else:
         info["name"] = info["cpu"]
     return info
+
+
+def run_to_record(prog: str, run: Callable[[], dict], markdown: Callable[[dict], str], out_dir: str,
+                  prefix: str, errors: Tuple[Type[BaseException], ...] = ()) -> int:
+    """A record-making tool's main after its arguments: record = run(), written by write_record under
+    <out_dir>/<prefix>-<stamp> with markdown(record); returns 0. A helper program that failed
+    (subprocess.CalledProcessError) or an exception of errors ends it with one line on stderr, no record,
+    and exit code 1."""
+    try:
+        record = run()
+    except subprocess.CalledProcessError as e:
+        cmd = " ".join(map(str, e.cmd)) if isinstance(e.cmd, (list, tuple)) else str(e.cmd)
+        print(f"{prog}: {cmd} failed: {(e.stderr or '').strip()[-400:]}", file=sys.stderr)
+        return 1
+    except errors as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    stem = write_record(out_dir, prefix, record, markdown(record))
+    print(f"wrote {stem}.json and .md")
+    return 0
 
 
 def write_record(out_dir: str, prefix: str, record: dict, markdown: str) -> str:
