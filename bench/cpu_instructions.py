@@ -50,7 +50,8 @@ DEFAULT_SHAPES = ((1, 8, 64, 1024), (1, 32, 256, 1024))
 COUNTED_ISAS = {"avx2": (8, 1), "default": (4, 2)}
 EVENTS = ("Ir", "D1mr", "D1mw")
 # The simulated caches: L1 data and instruction caches of Zen 3 and Zen 4 (32 KiB, 8 ways, 64-byte
-# lines), and a last level of Zen 3's L2 (512 KiB, 8 ways).
+# lines), and a last level of Zen 3's L2 (512 KiB, 8 ways; given so that callgrind does not guess one
+# from the host, its misses not reported).
 CACHES = ("--D1=32768,8,64", "--I1=32768,8,64", "--LL=524288,8,64")
 # What cpu_phases' count build takes for its last argument: 0 the whole call, 1-4 the phases.
 WHOLE = "call"
