@@ -10,10 +10,11 @@
 // prints the fastest call's "<total ns> <scores ns> <max ns> <exp ns> <values ns>".
 //
 // Built with -DSAGAN_PHASES_COUNT=1 instead, it counts rather than times, under valgrind's callgrind
-// (bench/cpu_instructions.py): `valgrind --tool=callgrind --collect-atstart=no ./cpu_phases <B> <Cqk>
-// <Cv> <N> <phase>` makes two calls and collects the second one's events only within one phase, on
-// entering it and off on leaving it at every step (phase 1-4: scores, max, exp, values), or over the
-// whole call (phase 0). Instruction counts so taken are the same on any x86-64 CPU for the same binary.
+// (bench/cpu_instructions.py): `valgrind --tool=callgrind --instr-atstart=no --collect-atstart=no
+// ./cpu_phases <B> <Cqk> <Cv> <N> <phase>` starts callgrind's instrumentation (and its simulated caches,
+// cold) at the one call it makes, and collects events only within one phase, on entering it and off on
+// leaving it at every step (phase 1-4: scores, max, exp, values), or over the whole call (phase 0).
+// Instruction counts so taken are the same on any x86-64 CPU for the same binary.
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -31,11 +32,10 @@
 
 namespace sagan_phases {
 #if SAGAN_PHASES_COUNT
-// The phase whose events callgrind collects (0: the whole call), and whether this call is the counted one.
+// The phase whose events callgrind collects (0: the whole call, toggled around it in main).
 int counted = 0;
-bool counting = false;
 inline void mark(int phase) {
-  if (counting && counted > 0 && (phase == counted - 1 || phase == counted)) CALLGRIND_TOGGLE_COLLECT;
+  if (counted > 0 && (phase == counted - 1 || phase == counted)) CALLGRIND_TOGGLE_COLLECT;
 }
 #else
 // Nanoseconds per phase (indexed by ForwardPhase), and the end of the last one.
@@ -99,7 +99,6 @@ int main(int argc, char** argv) {
   };
 #if SAGAN_PHASES_COUNT
   sagan_phases::counted = last;
-  sagan_phases::counting = true;
   CALLGRIND_START_INSTRUMENTATION;
   if (last == 0) CALLGRIND_TOGGLE_COLLECT;
   isa::self_attn_fwd_impl<float>(p, one_thread);
