@@ -19,11 +19,13 @@ instructions per pair they need at the least, Cqk / L for the scores and Cv / L 
 float lanes (AVX2: 8 lanes, one FMA each; the baseline build, SSE2 without FMA: 4 lanes, a multiply and
 an add).
 
-Counts depend on the binary only: the same on every x86-64 CPU and whatever else the machine is doing,
-so a change of the kernels is compared exactly (--base REV counts the kernels of git revision REV,
-commit 7939648 or later, with this tree's bench/cpu_phases.cpp), and a record made here holds for the
-same build on a Zen 3 or a Xeon (their timing is another matter: bench/cpu_kernels.py). valgrind 3.19
-does not decode AVX-512, so that build is not counted. Writes bench/results/cpu-instructions-<stamp>.{json,md}.
+Counts depend on the binary only (bench/cpu_phases.cpp runs the call on a stack frame at the same
+address modulo 4 KiB wherever the stack starts, below the program's path and environment, so that the
+simulated misses do not depend on these): the same on every x86-64 CPU and whatever else the machine
+is doing, so a change of the kernels is compared exactly (--base REV counts the kernels of git revision
+REV, commit 7939648 or later, with this tree's bench/cpu_phases.cpp), and a record made here holds for
+the same build on a Zen 3 or a Xeon (their timing is another matter: bench/cpu_kernels.py). valgrind
+3.19 does not decode AVX-512, so that build is not counted. Writes bench/results/cpu-instructions-<stamp>.{json,md}.
 """
 from __future__ import annotations
 
