@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # python bench/cpu_ab.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.cpu_kernels import PHASES, PHASES_ISA, ROOT, build_cpu_phases, cpu_phases  # noqa: E402
-from bench.measure import git_state, machine, run_to_record  # noqa: E402
+from bench.measure import commit_text, git_state, machine, run_to_record, shape_text  # noqa: E402
 
 DEFAULT_SHAPES = ((4, 8, 64, 4096), (4, 32, 256, 4096))
 # What a revision's tree must hold to build bench/cpu_phases.cpp from its own kernels.
@@ -124,7 +124,7 @@ def ms_text(v: float) -> str:
 
 def markdown(rec: dict) -> str:
     m, g = rec["machine"], rec["git"]
-    tree = g["commit"][:12] + (" with uncommitted changes" if g.get("dirty") else "")
+    tree = commit_text(g)
     lines = [f"# CPU forward, {rec['base']['commit'][:12]} against {tree} ({time.strftime('%Y-%m-%d')})", "",
              f"- {m['cpu']}, bench/cpu_phases.cpp built for {rec['isa']} from both trees, one thread"
              + (f" pinned to CPU {rec['pinned_cpu']}" if rec["pinned_cpu"] is not None else "")
@@ -137,7 +137,7 @@ def markdown(rec: dict) -> str:
              + " | ".join(f"{k} ms" for k in (*PHASES, "rest")) + " |",
              "|---|---:|---|---:|" + "---:|" * (len(PHASES) + 1)]
     for row in rec["shapes"]:
-        shape = "(" + ", ".join(str(v) for v in row["shape"]) + ")"
+        shape = shape_text(row["shape"])
         ratio = f"{row['ratio_median']:.3f} ({row['ratio_min']:.3f}-{row['ratio_max']:.3f})"
         for i, side in enumerate(("base", "new")):
             s = row[side]

@@ -48,7 +48,7 @@ if __package__ in (None, ""):  # python bench/cpu_instructions.py
 
 from bench.cpu_ab import RevisionError, revision_tree, shape_arg  # noqa: E402
 from bench.cpu_kernels import PHASES, ROOT, build_cpu_phases, error_text  # noqa: E402
-from bench.measure import git_state, machine, run_to_record  # noqa: E402
+from bench.measure import commit_text, git_state, machine, run_to_record, shape_text  # noqa: E402
 
 DEFAULT_SHAPES = ((1, 8, 64, 1024), (1, 32, 256, 1024))
 # The builds callgrind can run (valgrind 3.19 decodes AVX2, not AVX-512), with their float lanes and the
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def markdown(rec: dict) -> str:
     m, g = rec["machine"], rec["git"]
-    tree = g["commit"][:12] + (" with uncommitted changes" if g.get("dirty") else "")
+    tree = commit_text(g)
     lines = [f"# CPU forward: instructions and simulated L1 misses per (query, key) pair "
              f"({time.strftime('%Y-%m-%d')})",
              "",
@@ -176,7 +176,7 @@ def markdown(rec: dict) -> str:
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in rec["rows"]:
         pp, fl = row["per_pair"], row["floor"]
-        shape = "(" + ", ".join(str(v) for v in row["shape"]) + ")"
+        shape = shape_text(row["shape"])
         cells = [f"{pp['scores']['instructions']:.2f} ({fl['scores']:g})", f"{pp['max']['instructions']:.2f}",
                  f"{pp['exp']['instructions']:.2f}", f"{pp['values']['instructions']:.2f} ({fl['values']:g})",
                  f"{pp['rest']['instructions']:.2f}", f"{pp[WHOLE]['instructions']:.2f}"]
@@ -186,7 +186,7 @@ def markdown(rec: dict) -> str:
               "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in rec["rows"]:
         pp = row["per_pair"]
-        shape = "(" + ", ".join(str(v) for v in row["shape"]) + ")"
+        shape = shape_text(row["shape"])
         cells = [f"{100 * pp[k]['d1_misses']:.2f}" for k in (*PHASES, "rest", WHOLE)]
         lines.append(f"| {row['isa']} | {shape} | {row['side']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

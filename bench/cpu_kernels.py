@@ -48,7 +48,7 @@ import sagan_attn  # noqa: E402,F401  (registers torch.ops.sagan)
 from sagan_attn.measure import interleaved_ms, ratio_median  # noqa: E402
 
 from bench import impls  # noqa: E402
-from bench.measure import git_state, machine, matmul_tflops, write_record  # noqa: E402
+from bench.measure import commit_text, git_state, machine, matmul_tflops, write_record  # noqa: E402
 from bench.shapes import CPU_TARGETS  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -322,7 +322,7 @@ def markdown(rec: dict) -> str:
     mm = 1e3 * rec["matmul"]["tflops"]
     out = [f"# CPU kernels against the matmul roofline ({time.strftime('%Y-%m-%d')})", "",
            f"- {m['cpu']}, {rec['threads']} threads, cpu_isa {m['sagan_attn'].get('cpu_isa')}, torch {m['torch']}, "
-           f"commit {rec['git']['commit'][:12]}{' (dirty)' if rec['git']['dirty'] else ''}",
+           f"commit {commit_text(rec['git'])}",
            f"- load average at start {m['load_average_start']}, at end {rec['load_average_end']}",
            f"- matmul float32 (n = {rec['matmul']['n']}): {mm:.1f} GFLOP/s at the start; {rec['repeats']} rounds "
            "per row, the pass and a matmul interleaved; ms and GFLOP/s are medians, % matmul the median of the "

@@ -133,6 +133,17 @@ def git_state(path: str) -> dict:
     return {"commit": commit, "dirty": bool(files), "dirty_files": files}
 
 
+def commit_text(git: dict) -> str:
+    """git_state's commit for a record's Markdown: its first 12 digits, and "(dirty)" where tracked files
+    differed from it."""
+    return git["commit"][:12] + (" (dirty)" if git.get("dirty") else "")
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """A shape for a record's Markdown: "(4, 8, 64, 4096, 4096)"."""
+    return "(" + ", ".join(str(v) for v in shape) + ")"
+
+
 def _library(path: str) -> dict:
     """Which compiled library ran: its path in the checkout, modification time and SHA-256 prefix."""
     with open(path, "rb") as fh:

@@ -33,7 +33,7 @@ import sagan_attn  # noqa: F401  (registers torch.ops.sagan)
 from sagan_attn import reference
 from sagan_attn.measure import cpu_peak_bytes, emit, median_ms, run_worker
 
-from .measure import git_state, machine, write_record
+from .measure import commit_text, git_state, machine, write_record
 
 IMPLS = ["fused", "composite", "notebook", "sdpa-math"]
 WORKER_FLAG = "--_worker"
@@ -147,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(json.dumps(row), flush=True)
 
     lines = ["# R1 penalty step, attention block (B=1, C=64, Cqk=8, float32, CPU)",
-             "", f"commit {record['git']['commit'][:12]}{' (dirty)' if record['git']['dirty'] else ''}, "
+             "", f"commit {commit_text(record['git'])}, "
              f"{record['machine']['cpu']}, {record['machine']['threads']} threads, torch {record['machine']['torch']}",
              "", "| N | impl | step ms (median) | speed-up over notebook | peak MiB | % of notebook memory |",
              "|---|---|---|---|---|---|"]
